@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data is read in place from ../shared, never copied."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CXR = SHARED / "data" / "cxr"
+CXR_MANIFEST = CXR / "manifest.csv"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+GOLDEN_LITE0 = SHARED / "golden" / "efficientnet_lite0"
+COHEN_METADATA = SHARED / "data" / "sources" / "cohen-metadata.csv"
+
+
+def read_shared_manifest() -> list[dict[str, str]]:
+    """Rows of ../shared/data/cxr/manifest.csv."""
+    with open(CXR_MANIFEST, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def shared_rows() -> list[dict[str, str]]:
+    if not CXR_MANIFEST.exists():
+        pytest.skip(f"{CXR_MANIFEST} not found: ../shared is laid beside the repo in CI")
+    return read_shared_manifest()
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    """Write rows (with absolute paths) as a manifest CSV."""
+    fields = list(rows[0].keys())
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def absolute_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Copy rows of the shared manifest with their path made absolute."""
+    return [{**r, "path": str(CXR / r["path"])} for r in rows]
+
+
+@pytest.fixture
+def cxr_subset(tmp_path, shared_rows):
+    """Factory: a manifest of n real radiographs (first n of each requested source/label mix)."""
+
+    def make(n: int = 40, where=None, name: str = "subset.csv") -> Path:
+        rows = [r for r in shared_rows if where is None or where(r)][:n]
+        return write_manifest(tmp_path / name, absolute_rows(rows))
+
+    return make

@@ -1,0 +1,1 @@
+"""Backbones written in Keras by xrayfx itself (those not in keras.applications)."""
