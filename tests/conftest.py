@@ -56,3 +56,27 @@ def cxr_subset(tmp_path, shared_rows):
         return write_manifest(tmp_path / name, absolute_rows(rows))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """One cache folder for the whole test session (exports are shared through it)."""
+    return tmp_path_factory.mktemp("xrayfx-cache")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_config():
+    """MobileNet alpha 0.25 with the real ImageNet weights from ../shared (signal, not 1e-15 noise)."""
+    if not MOBILENET_WEIGHTS.exists():
+        pytest.skip(f"{MOBILENET_WEIGHTS} not found")
+    from xrayfx.export import model_config
+
+    return model_config("mobilenet", weights=str(MOBILENET_WEIGHTS))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_export(mobilenet_config, session_cache):
+    """The mobilenet export, made once per session."""
+    from xrayfx.export import export_model
+
+    return export_model(mobilenet_config, session_cache)

@@ -81,3 +81,11 @@ class BalanceError(XrayfxError):
 
 class RunError(XrayfxError):
     """A training run folder is missing, incomplete or inconsistent."""
+
+
+class SkippedInputsError(XrayfxError):
+    """--strict: some inputs were skipped (everything else was kept)."""
+
+
+class UnsafeModelError(IntegrityError):
+    """A saved model holds code or types outside the allow-list; it was not loaded."""

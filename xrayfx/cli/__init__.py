@@ -53,10 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("Aborted.")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.BadParameter.__mro__[2] as exc:  # click's ClickException (vendored by typer 0.29)
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -1,0 +1,5 @@
+"""`python -m xrayfx` runs the command line."""
+
+from xrayfx.cli import main
+
+main()

@@ -1,0 +1,252 @@
+"""The zarr 3 embedding cache: content-addressed, chunk-aligned, resumable.
+
+One group per (model fingerprint, runtime, precision) under ``<cache>/embeddings/``.
+Arrays, all chunked by ``chunk_rows`` rows so that their chunks line up one to one:
+
+- ``embeddings`` float32 (rows, D)
+- ``ids`` uint8 (rows, 32): the sha256 of each image's bytes
+- ``done`` bool (rows,): a row is valid only when its done flag is set
+
+zarr 3.1 reads a never-written chunk as its fill value and cannot be told to
+refuse that, so the done mask is what makes a row valid: a chunk's done flags
+are written only after its embeddings and ids are fully written. Every write
+covers whole chunks that hold no valid row yet, each chunk has one writer, and
+zarr's local store replaces chunk files atomically, so a process killed at any
+point leaves no unfinished row that reads as valid. A crc32c checksum on every
+chunk catches later corruption, and ids are re-checked on every read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from xrayfx.exceptions import CacheError, CacheLockedError, IntegrityError
+from xrayfx.util import library_versions
+
+DEFAULT_CHUNK_ROWS = 32
+ID_BYTES = 32
+
+
+def group_name(stem: str, runtime: str = "onnxruntime", precision: str = "fp32") -> str:
+    """The folder name of a cache group."""
+    return f"{stem}-{runtime}-{precision}"
+
+
+@dataclass
+class LockInfo:
+    pid: int
+    host: str
+    command: str
+
+
+class EmbeddingCache:
+    """Embeddings of one model configuration, keyed by image content hash."""
+
+    def __init__(self, path: str | Path):
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise CacheError(f"{self.path} is not an xrayfx cache group (no zarr.json)")
+        self.group = zarr.open_group(store=str(self.path), mode="r+")
+        self.embeddings = self.group["embeddings"]
+        self.ids = self.group["ids"]
+        self.done = self.group["done"]
+        self.chunk_rows = int(self.embeddings.chunks[0])
+        self.dim = int(self.embeddings.shape[1])
+        self._index: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def open_or_create(
+        cls,
+        cache_dir: str | Path,
+        name: str,
+        dim: int,
+        attrs: dict[str, Any],
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> "EmbeddingCache":
+        """Open the group ``<cache_dir>/embeddings/<name>``, creating it if needed."""
+        path = Path(cache_dir) / "embeddings" / name
+        if (path / "zarr.json").is_file():
+            cache = cls(path)
+            if cache.dim != dim:
+                raise CacheError(f"{path} holds {cache.dim}-d embeddings, expected {dim}; delete it to rebuild")
+            return cache
+        return cls._create(path, dim, attrs, chunk_rows)
+
+    @classmethod
+    def _create(cls, path: Path, dim: int, attrs: dict[str, Any], chunk_rows: int) -> "EmbeddingCache":
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        common = dict(compressors=[Crc32cCodec()], config={"write_empty_chunks": True})
+        group.create_array("embeddings", shape=(0, dim), chunks=(chunk_rows, dim), dtype="float32",
+                           fill_value=np.nan, **common)
+        group.create_array("ids", shape=(0, ID_BYTES), chunks=(chunk_rows, ID_BYTES), dtype="uint8",
+                           fill_value=0, **common)
+        group.create_array("done", shape=(0,), chunks=(chunk_rows,), dtype="bool", fill_value=False, **common)
+        group.attrs.update({**attrs, "xrayfx_cache_version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "versions": library_versions()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, path)  # atomic: a half-created group is never visible
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process created it first
+            if not (path / "zarr.json").is_file():
+                raise
+        return cls(path)
+
+    # ------------------------------------------------------------------ locking
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the group's exclusive lock; a second holder fails fast naming the first."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = _read_lock(fd)
+                raise CacheLockedError(
+                    f"cache group {self.path.name} is in use by process {info.pid} on {info.host} "
+                    f"({info.command}); wait for it to finish, or stop it (kill {info.pid}) and rerun — "
+                    "finished chunks are kept"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)[:500]}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock; the kernel also releases it if we are killed
+
+    # ------------------------------------------------------------------ reading
+    def index(self, refresh: bool = False) -> dict[str, int]:
+        """Map image id (hex sha256) → row, over valid (done) rows."""
+        if self._index is None or refresh:
+            done = self._done_mask()
+            rows = np.flatnonzero(done)
+            ids = self.ids[:] if len(rows) else np.zeros((0, ID_BYTES), np.uint8)
+            self._index = {bytes(ids[r]).hex(): int(r) for r in rows}
+        return self._index
+
+    def _done_mask(self) -> np.ndarray:
+        n = self.done.shape[0]
+        return np.asarray(self.done[:], dtype=bool) if n else np.zeros(0, dtype=bool)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.index()
+
+    def __len__(self) -> int:
+        return len(self.index())
+
+    def missing(self, image_ids: Sequence[str]) -> list[str]:
+        """The ids (unique, in first-seen order) that have no valid row yet."""
+        idx = self.index()
+        seen: set[str] = set()
+        out = []
+        for i in image_ids:
+            if i not in idx and i not in seen:
+                seen.add(i)
+                out.append(i)
+        return out
+
+    def read(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Embeddings of valid rows, in the order asked; ids are re-checked against the stored hashes."""
+        idx = self.index()
+        absent = [i for i in image_ids if i not in idx]
+        if absent:
+            raise CacheError(f"{len(absent)} image(s) are not in cache group {self.path.name}, e.g. {absent[0][:16]}")
+        rows = np.array([idx[i] for i in image_ids], dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        emb = np.asarray(self.embeddings.oindex[uniq, :], dtype=np.float32)
+        stored = np.asarray(self.ids.oindex[uniq, :], dtype=np.uint8)
+        row_to_id = {idx[i]: i for i in image_ids}
+        expected = _ids_to_bytes([row_to_id[int(r)] for r in uniq])
+        if not np.array_equal(stored, expected):
+            raise IntegrityError(
+                f"cache group {self.path} returned rows whose stored ids differ from the index; "
+                "the group is corrupted: delete it and re-extract"
+            )
+        return emb[inverse]
+
+    # ------------------------------------------------------------------ writing
+    def allocate_chunks(self, n_chunks: int) -> list[int]:
+        """Chunk indices free for writing: fully-invalid existing chunks first, then new ones."""
+        done = self._done_mask()
+        existing = len(done) // self.chunk_rows
+        free = [c for c in range(existing) if not done[c * self.chunk_rows:(c + 1) * self.chunk_rows].any()]
+        free = free[:n_chunks]
+        extra = n_chunks - len(free)
+        if extra > 0:
+            new_rows = (existing + extra) * self.chunk_rows
+            self.embeddings.resize((new_rows, self.dim))
+            self.ids.resize((new_rows, ID_BYTES))
+            self.done.resize((new_rows,))
+            free += list(range(existing, existing + extra))
+        return free
+
+    def write_chunk(self, chunk: int, image_ids: Sequence[str], embeddings: np.ndarray) -> None:
+        """Write one whole chunk (up to chunk_rows rows), then mark its rows done."""
+        n = len(image_ids)
+        if n == 0 or n > self.chunk_rows or embeddings.shape != (n, self.dim):
+            raise CacheError(f"write_chunk needs 1..{self.chunk_rows} rows of dim {self.dim}; got {embeddings.shape}")
+        if not np.all(np.isfinite(embeddings)):
+            raise CacheError("refusing to cache non-finite embeddings (NaN or inf): the model output is broken")
+        r0, r1 = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows
+        if self._done_mask()[r0:r1].any():
+            raise CacheError(f"chunk {chunk} of {self.path.name} already holds valid rows; it is never rewritten")
+        block = np.full((self.chunk_rows, self.dim), np.nan, dtype=np.float32)
+        block[:n] = embeddings
+        ids = np.zeros((self.chunk_rows, ID_BYTES), dtype=np.uint8)
+        ids[:n] = _ids_to_bytes(image_ids)
+        mask = np.zeros(self.chunk_rows, dtype=bool)
+        mask[:n] = True
+        self.embeddings[r0:r1] = block
+        self.ids[r0:r1] = ids
+        self.done[r0:r1] = mask  # last: only now do these rows become valid
+        if self._index is not None:
+            for k, i in enumerate(image_ids):
+                self._index[i] = r0 + k
+
+    # ------------------------------------------------------------------ info
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _ids_to_bytes(image_ids: Sequence[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(bytes.fromhex(i) for i in image_ids), dtype=np.uint8).reshape(-1, ID_BYTES)
+
+
+def _read_lock(fd: int) -> LockInfo:
+    os.lseek(fd, 0, os.SEEK_SET)
+    parts = os.read(fd, 4096).decode(errors="replace").split("\n")
+    pid = int(parts[0]) if parts and parts[0].strip().isdigit() else -1
+    return LockInfo(pid=pid, host=parts[1] if len(parts) > 1 else "?", command=parts[2] if len(parts) > 2 else "?")
+
+
+def list_groups(cache_dir: str | Path) -> list[EmbeddingCache]:
+    """Every cache group under ``<cache_dir>/embeddings``."""
+    root = Path(cache_dir) / "embeddings"
+    if not root.is_dir():
+        return []
+    return [EmbeddingCache(p) for p in sorted(root.iterdir()) if (p / "zarr.json").is_file()]

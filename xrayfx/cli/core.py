@@ -1,0 +1,215 @@
+"""Core commands: models, export, extract, cache ls, phantoms, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from xrayfx.cli import app, console, err_console
+from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+
+
+def _log(message: str) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from xrayfx.util import library_versions
+
+        for k, v in library_versions().items():
+            console.print(f"{k} {v}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print versions.")
+    ] = False,
+) -> None:
+    """Transfer-learning classification of chest radiographs.
+
+    Example: xrayfx demo --out demo-output
+    """
+
+
+@app.command("models")
+def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
+    """List the backbones: embedding size, parameters, GFLOPs per image, ONNX size once exported.
+
+    Example: xrayfx models
+    """
+    from xrayfx.registry import REGISTRY
+    from xrayfx.util import read_json
+
+    table = Table(title="xrayfx backbones")
+    table.add_column("name", no_wrap=True)
+    for col in ("dim", "params", "GFLOP/img", "prep", "drop", "ONNX", "license"):
+        table.add_column(col)
+    for name in sorted(REGISTRY):
+        spec = REGISTRY[name]
+        exported = sorted((cache_dir / "models").glob(f"{name}-*.onnx")) if (cache_dir / "models").is_dir() else []
+        side = read_json(exported[-1].with_suffix(".json")) if exported else {}
+        table.add_row(
+            name + (" *" if spec.paper else ""),
+            str(spec.embedding_size),
+            f"{spec.params / 1e6:.1f} M",
+            f"{side['gflops_per_image']:.2f}" if side.get("gflops_per_image") else "—",
+            spec.preprocess_mode,
+            f"{spec.dropout:g}",
+            f"{side['onnx_bytes'] / 2**20:.1f} MiB" if side.get("onnx_bytes") else "—",
+            spec.license.split(" (")[0],
+        )
+    console.print(table)
+    console.print("* the paper's backbones; input 224x224 for all; GFLOP/ONNX shown once exported", highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    model: Model,
+    weights: Weights = "imagenet",
+    seed: Seed = 0,
+    preprocess: Preprocess = "imagenet",
+    resize: Resize = "stretch",
+    cache_dir: CacheDir = Path("cache"),
+    force: Annotated[bool, typer.Option("--force", help="Export again even if registered.")] = False,
+) -> None:
+    """Export a backbone from Keras to ONNX once, check parity with Keras, register it.
+
+    Example: xrayfx export --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
+    """
+    from xrayfx.export import export_model, model_config
+
+    config = model_config(model, weights, seed, preprocess, resize)
+    _warn_random(config)
+    exported = export_model(config, cache_dir, force=force, log=_log)
+    s = exported.sidecar
+    p8 = s["parity"]["batch8"]
+    console.print(
+        f"{exported.path}  ({s['onnx_bytes'] / 2**20:.1f} MiB, {s.get('gflops_per_image')} GFLOP/image, "
+        f"parity max|Δ| {p8['max_abs_diff']:.2g} of max {p8['max_abs_keras']:.3g}, "
+        f"export {s['export_seconds']} s, peak {s['export_peak_rss_mb']:.0f} MiB)",
+        highlight=False,
+    )
+
+
+def _warn_random(config) -> None:
+    if config.weights.is_random:
+        _log(
+            f"[bold yellow]warning:[/] {config.spec.name} uses {config.weights.describe()}: its features carry no "
+            "ImageNet knowledge; use them for plumbing, never for conclusions."
+        )
+
+
+@app.command("extract")
+def extract_cmd(
+    model: Model,
+    data: Data,
+    weights: Weights = "imagenet",
+    seed: Seed = 0,
+    preprocess: Preprocess = "imagenet",
+    resize: Resize = "stretch",
+    cache_dir: CacheDir = Path("cache"),
+    device: Device = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per inference call.")] = 32,
+    workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any input is skipped.")] = False,
+) -> None:
+    """Embed every image of a folder or manifest into the zarr cache (exports first if needed).
+
+    Resumable: rerunning computes only what is missing. Bad files are skipped and listed.
+
+    Example: xrayfx extract --model mobilenet --data ../shared/data/cxr/manifest.csv
+    """
+    from xrayfx.datasets import load_dataset
+    from xrayfx.export import model_config
+    from xrayfx.pipeline import extract
+
+    dataset = load_dataset(data)
+    config = model_config(model, weights, seed, preprocess, resize)
+    _warn_random(config)
+    result = extract(
+        data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
+        strict=strict, progress=True, log=None,
+    )
+    console.print(result.summary(), highlight=False)
+    console.print(f"cache group: {result.cache_path}", highlight=False)
+
+
+cache_app = typer.Typer(help="Inspect the embedding cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDir = Path("cache")) -> None:
+    """List cache groups: backbone, fingerprint, preprocessing, rows, size.
+
+    Example: xrayfx cache ls --cache-dir cache
+    """
+    from xrayfx.cache import list_groups
+
+    groups = list_groups(cache_dir)
+    if not groups:
+        console.print(f"no embeddings cached under {cache_dir}/embeddings")
+        return
+    table = Table(title=f"embedding cache {cache_dir}")
+    for col in ("backbone", "fingerprint", "weights", "preprocessing", "runtime", "rows", "size"):
+        table.add_column(col)
+    for g in groups:
+        a = g.attrs
+        m = a.get("model", {})
+        p = m.get("preprocessing", {})
+        w = m.get("weights", {})
+        table.add_row(
+            m.get("backbone", "?"), m.get("fingerprint", "?")[:12],
+            "random" if w.get("kind") == "none" else w.get("kind", "?"),
+            f"{p.get('option')}/{p.get('normalise')}, {p.get('resize')}",
+            f"{a.get('runtime')} {a.get('precision')}", str(len(g)), f"{g.disk_bytes() / 2**20:.1f} MiB",
+        )
+    console.print(table)
+
+
+@app.command("phantoms")
+def phantoms_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Generate the synthetic phantom set (NOT medical data): images, manifest, README.
+
+    Example: xrayfx phantoms -o phantoms --n 100 --seed 0
+    """
+    from xrayfx.phantoms import generate_phantoms
+
+    if n < 4:
+        raise typer.BadParameter(f"--n must be at least 4 (two classes, two sites); got {n}")
+    manifest = generate_phantoms(out, n=n, seed=seed)
+    console.print(f"synthetic phantoms (not medical data): {manifest}", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for all demo results.")] = Path("demo-output"),
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone (default: the demo's).")] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", "-d", help="Folder or manifest instead of the synthetic phantoms.")
+    ] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="imagenet | none | PATH.")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Run the main job offline on the embedded default (synthetic phantoms) and say where the results are.
+
+    Example: xrayfx demo --out demo-output
+    """
+    from xrayfx.demo import DEFAULT_MODEL, DEFAULT_WEIGHTS, run_demo
+
+    result = run_demo(
+        out=out, model=model or DEFAULT_MODEL, data=data, weights=weights or DEFAULT_WEIGHTS, seed=seed, log=_log
+    )
+    console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False)
+    for line in result.lines:
+        console.print(f"  {line}", highlight=False)

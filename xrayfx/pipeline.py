@@ -1,0 +1,324 @@
+"""Extraction orchestration: data set → decode (threads) → ONNX extractor → zarr cache.
+
+Decoding runs in worker threads, overlapped with inference on the main thread
+(onnxruntime releases the GIL). Finished chunks are written as they fill, so an
+interrupted run keeps everything it finished and a rerun computes only the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
+from xrayfx.datasets import Dataset, ImageRecord, load_dataset
+from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
+from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
+from xrayfx.extractor import Extractor
+from xrayfx.util import atomic_write_text
+
+RUNTIMES = ("onnxruntime",)
+PRECISIONS = ("fp32",)
+
+
+@dataclass
+class Skip:
+    """An input left out of a run, and why."""
+
+    path: str
+    reason: str
+    image_id: str = ""
+
+
+@dataclass
+class ExtractResult:
+    """Embeddings of every usable image of a data set, in data set order."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: np.ndarray  # object array of label strings ('' where the data has none)
+    metadata: list[dict[str, str]]
+    embeddings: np.ndarray  # float32 (n, D)
+    config: ModelConfig
+    exported: ExportedModel
+    cache_path: Path
+    dataset: Dataset
+    skipped: list[Skip] = field(default_factory=list)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+    n_new: int = 0
+    n_cached: int = 0
+    seconds: float = 0.0
+    skipped_file: Path | None = None
+    providers: list[str] = field(default_factory=list)
+
+    def column(self, name: str) -> np.ndarray:
+        """A metadata column ('label', 'patient_id', 'source', …) as an object array."""
+        if name == "label":
+            return self.labels
+        return np.array([m.get(name, "") for m in self.metadata], dtype=object)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_new / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        parts = [f"{len(self.ids)} images embedded ({self.n_new} new, {self.n_cached} from cache)"]
+        if self.n_new:
+            parts.append(f"{self.images_per_s:.1f} images/s")
+        if self.duplicates:
+            extra = sum(len(v) - 1 for v in self.duplicates.values())
+            parts.append(f"{extra} duplicate file(s) share a row")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (see {self.skipped_file})")
+        return "; ".join(parts)
+
+
+def cache_group_for(config: ModelConfig, runtime: str = "onnxruntime", precision: str = "fp32") -> str:
+    """The cache group name of a model configuration, runtime and precision."""
+    return group_name(config.stem, runtime, precision)
+
+
+def open_cache(
+    config: ModelConfig, exported: ExportedModel, cache_dir: str | Path, runtime: str = "onnxruntime",
+    precision: str = "fp32", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> EmbeddingCache:
+    """Open (or create) the cache group of a configuration."""
+    attrs = {
+        "model": config.to_dict(),
+        "runtime": runtime,
+        "precision": precision,
+        "onnx_file": exported.path.name,
+        "onnx_sha256": exported.sidecar["onnx_sha256"],
+    }
+    return EmbeddingCache.open_or_create(
+        cache_dir, cache_group_for(config, runtime, precision), config.spec.embedding_size, attrs, chunk_rows
+    )
+
+
+def extract(
+    model: str = "mobilenet",
+    data: str | Path | Dataset = "",
+    *,
+    weights: str = "imagenet",
+    seed: int = 0,
+    preprocess: str = "imagenet",
+    resize: str = "stretch",
+    cache_dir: str | Path = "cache",
+    device: str = "cpu",
+    batch_size: int = 32,
+    workers: int = 2,
+    strict: bool = False,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_chunk_done: Callable[[int], None] | None = None,
+    config: ModelConfig | None = None,
+) -> ExtractResult:
+    """Embed every image of ``data`` with a frozen backbone, through the cache.
+
+    Exports the backbone first if needed, computes only what the cache lacks, and
+    returns ids, labels, metadata and the embeddings array in data set order.
+    Unreadable or undecodable files are skipped and listed; ``strict`` turns any
+    skip into an error after everything else has been cached.
+    """
+    _check_options(batch_size, workers, runtime, precision)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    config = config or model_config(model, weights, seed, preprocess, resize)
+    exported = export_model(config, cache_dir, log=log)
+    cache = open_cache(config, exported, cache_dir, runtime, precision, chunk_rows)
+
+    skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
+    t0 = time.perf_counter()
+    n_new = 0
+    providers: list[str] = []
+    with cache.locked():
+        first_of: dict[str, ImageRecord] = {}
+        for r in dataset.ok:
+            first_of.setdefault(r.image_id, r)
+        todo = [first_of[i] for i in cache.missing(list(first_of))]
+        if todo:
+            extractor = Extractor(exported.path, device=device)
+            providers = extractor.providers
+            new_skips, n_new = _extract_missing(
+                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done
+            )
+            skipped += new_skips
+    seconds = time.perf_counter() - t0
+
+    bad_ids = {s.image_id for s in skipped if s.image_id}
+    usable = [r for r in dataset.ok if r.image_id not in bad_ids]
+    embeddings = cache.read([r.image_id for r in usable])
+    result = ExtractResult(
+        ids=[r.image_id for r in usable],
+        paths=[str(r.path) for r in usable],
+        labels=np.array([r.label or "" for r in usable], dtype=object),
+        metadata=[dict(r.meta) for r in usable],
+        embeddings=embeddings,
+        config=config,
+        exported=exported,
+        cache_path=cache.path,
+        dataset=dataset,
+        skipped=skipped,
+        duplicates=dataset.duplicates(),
+        n_new=n_new,
+        n_cached=len({r.image_id for r in usable}) - n_new,
+        seconds=seconds,
+        providers=providers,
+    )
+    if skipped:
+        result.skipped_file = write_skipped(skipped, Path(cache_dir) / "logs")
+    if log:
+        log(result.summary())
+    if strict and skipped:
+        raise SkippedInputsError(
+            f"--strict: {len(skipped)} input(s) were skipped (listed in {result.skipped_file}); "
+            f"first: {skipped[0].path}: {skipped[0].reason}. Everything else is cached."
+        )
+    return result
+
+
+def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if runtime not in RUNTIMES:
+        raise UsageError(f"Unknown --runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def decoded_stream(
+    records: list[ImageRecord], loader: Callable[[Path], np.ndarray], workers: int, lookahead: int
+) -> Iterator[tuple[ImageRecord, np.ndarray | None, str | None]]:
+    """Decode records in worker threads, yielding (record, image or None, skip reason) in order.
+
+    Only known decode failures become skips; any other exception is a bug and propagates.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xrayfx-decode") as pool:
+        pending: deque[tuple[ImageRecord, Future]] = deque()
+        it = iter(records)
+        for r in it:
+            pending.append((r, pool.submit(loader, r.path)))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            record, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(loader, nxt.path)))
+            try:
+                yield record, fut.result(), None
+            except ImageDecodeError as exc:
+                yield record, None, exc.reason
+
+
+def _extract_missing(
+    todo: list[ImageRecord],
+    extractor: Extractor,
+    cache: EmbeddingCache,
+    config: ModelConfig,
+    batch_size: int,
+    workers: int,
+    show_progress: bool,
+    on_chunk_done: Callable[[int], None] | None,
+) -> tuple[list[Skip], int]:
+    from xrayfx.images import load_image
+
+    prep = config.preprocessing
+    chunks = iter(cache.allocate_chunks(math.ceil(len(todo) / cache.chunk_rows)))
+    skips: list[Skip] = []
+    buf_ids: list[str] = []
+    buf_imgs: list[np.ndarray] = []
+    written = 0
+    chunks_done = 0
+
+    def flush() -> None:
+        nonlocal written, chunks_done
+        batch = np.stack(buf_imgs)
+        emb = np.concatenate([extractor(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
+        cache.write_chunk(next(chunks), list(buf_ids), emb)
+        written += len(buf_ids)
+        chunks_done += 1
+        buf_ids.clear()
+        buf_imgs.clear()
+        if on_chunk_done:
+            on_chunk_done(chunks_done)
+
+    with _progress(show_progress, len(todo), config.spec.name) as advance:
+        stream = decoded_stream(todo, lambda p: load_image(p, prep), workers, lookahead=max(2 * cache.chunk_rows, 8))
+        for record, image, reason in stream:
+            if image is None:
+                skips.append(Skip(str(record.path), reason or "", record.image_id or ""))
+            else:
+                buf_ids.append(record.image_id)
+                buf_imgs.append(image)
+                if len(buf_ids) == cache.chunk_rows:
+                    flush()
+            advance(1)
+        if buf_ids:
+            flush()
+    return skips, written
+
+
+class _progress:
+    """A rich progress bar with images/s and ETA, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, name: str):
+        self.enabled = enabled and total > 0
+        self.total = total
+        self.name = name
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(f"extract {self.name}", total=self.total, rate="")
+        self.t0 = time.perf_counter()
+        self.done = 0
+
+        def advance(n: int) -> None:
+            self.done += n
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=n, rate=f"{rate:.1f} img/s")
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def write_skipped(skipped: list[Skip], logs_dir: Path) -> Path:
+    """Write skipped.csv (path, image_id, reason) into a fresh extract log folder."""
+    folder = logs_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = logs_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "image_id", "reason"])
+    for s in skipped:
+        w.writerow([s.path, s.image_id, s.reason])
+    atomic_write_text(folder / "skipped.csv", buf.getvalue())
+    return folder / "skipped.csv"
