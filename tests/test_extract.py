@@ -38,7 +38,7 @@ def test_forty_real_radiographs_then_second_run_runs_no_inference(forty_mixed, m
         def __init__(self, *a, **k):
             raise AssertionError("second run must not build an inference session")
 
-    monkeypatch.setattr(pipeline, "Extractor", NoInference)
+    monkeypatch.setattr(pipeline, "make_extractor", NoInference)
     second = extract(data=forty_mixed, config=mobilenet_config, cache_dir=cache, progress=False, chunk_rows=8)
     assert second.n_new == 0 and second.n_cached == 40
     np.testing.assert_array_equal(second.embeddings, first.embeddings)

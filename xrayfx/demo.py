@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_MODEL = "densenet201"
-DEFAULT_WEIGHTS = "none"
+DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_WEIGHTS = "imagenet"
 
 
 @dataclass

@@ -23,11 +23,8 @@ from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
-from xrayfx.extractor import Extractor
+from xrayfx.runtimes import Embedder, check_runtime, make_extractor
 from xrayfx.util import atomic_write_text
-
-RUNTIMES = ("onnxruntime",)
-PRECISIONS = ("fp32",)
 
 
 @dataclass
@@ -124,13 +121,15 @@ def extract(
     log: Callable[[str], None] | None = None,
     on_chunk_done: Callable[[int], None] | None = None,
     config: ModelConfig | None = None,
+    scheduler: str | None = None,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
     Exports the backbone first if needed, computes only what the cache lacks, and
     returns ids, labels, metadata and the embeddings array in data set order.
     Unreadable or undecodable files are skipped and listed; ``strict`` turns any
-    skip into an error after everything else has been cached.
+    skip into an error after everything else has been cached. ``scheduler``
+    (``tcp://HOST:PORT`` or ``local:N``) runs the missing part on a Dask cluster.
     """
     _check_options(batch_size, workers, runtime, precision)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
@@ -147,9 +146,17 @@ def extract(
         for r in dataset.ok:
             first_of.setdefault(r.image_id, r)
         todo = [first_of[i] for i in cache.missing(list(first_of))]
-        if todo:
-            extractor = Extractor(exported.path, device=device)
-            providers = extractor.providers
+        if todo and scheduler:
+            from xrayfx.distributed import extract_missing_distributed
+
+            new_skips, n_new = extract_missing_distributed(
+                todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
+                device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
+            )
+            skipped += new_skips
+        elif todo:
+            extractor = make_extractor(exported, runtime, precision, device)
+            providers = list(extractor.providers)
             new_skips, n_new = _extract_missing(
                 todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done
             )
@@ -193,10 +200,7 @@ def _check_options(batch_size: int, workers: int, runtime: str, precision: str) 
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    if runtime not in RUNTIMES:
-        raise UsageError(f"Unknown --runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    check_runtime(runtime, precision)
 
 
 def decoded_stream(
@@ -226,7 +230,7 @@ def decoded_stream(
 
 def _extract_missing(
     todo: list[ImageRecord],
-    extractor: Extractor,
+    extractor: Embedder,
     cache: EmbeddingCache,
     config: ModelConfig,
     batch_size: int,

@@ -118,6 +118,12 @@ def extract_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any input is skipped.")] = False,
+    runtime: Annotated[str, typer.Option("--runtime", help="Inference runtime (part of the cache key).")] = "onnxruntime",
+    precision: Annotated[str, typer.Option("--precision", help="Inference precision (part of the cache key).")] = "fp32",
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option("--scheduler", help="Run on Dask: tcp://HOST:PORT (existing cluster) or local:N (N worker processes)."),
+    ] = None,
 ) -> None:
     """Embed every image of a folder or manifest into the zarr cache (exports first if needed).
 
@@ -134,7 +140,7 @@ def extract_cmd(
     _warn_random(config)
     result = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-        strict=strict, progress=True, log=None,
+        strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
     )
     console.print(result.summary(), highlight=False)
     console.print(f"cache group: {result.cache_path}", highlight=False)
