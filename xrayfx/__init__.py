@@ -2,6 +2,39 @@
 
 Frozen ImageNet backbones exported once to ONNX, embeddings cached in zarr,
 light heads trained on the cache, and reports that say what the numbers mean.
+
+The Python API mirrors the command line::
+
+    import xrayfx
+    result = xrayfx.extract(model="mobilenet", data="manifest.csv", weights="weights.h5")
+    result.ids, result.labels, result.metadata, result.embeddings
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = {
+    "extract": "xrayfx.pipeline",
+    "export_model": "xrayfx.export",
+    "model_config": "xrayfx.export",
+    "load_dataset": "xrayfx.datasets",
+    "generate_phantoms": "xrayfx.phantoms",
+    "fit_head": "xrayfx.train",
+    "predict": "xrayfx.train",
+    "build_report": "xrayfx.report",
+    "run_demo": "xrayfx.demo",
+    "get_spec": "xrayfx.registry",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import xrayfx` stays fast and TensorFlow loads only when needed.
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'xrayfx' has no attribute {name!r}")
