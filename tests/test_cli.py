@@ -72,3 +72,22 @@ def test_random_weights_are_loudly_warned(tmp_path):
     proc = run_cli("export", "--model", "mobilenet", "--weights", "none", "--cache-dir", str(tmp_path))
     assert proc.returncode == 0
     assert "NOT pretrained" in proc.stderr and "never for conclusions" in proc.stderr
+
+
+def test_demo_runs_offline_end_to_end(tmp_path):
+    """`xrayfx demo` (what `make demo` runs): phantoms → extract → fit-head → report, no network."""
+    import os
+
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras-empty"), HTTP_PROXY="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "xrayfx", "demo", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SYNTHETIC phantom radiographs (not medical data)" in proc.stderr
+    assert f"demo results in {out}" in proc.stdout
+    (report,) = out.glob("cache/runs/*/report/report.md")
+    text = report.read_text()
+    assert "efficientnet-lite0" in text and "(ImageNet weights)" in text
+    assert "phantom-site-a" in text and ("entangled" in text or "tell the sources apart" in text)
+    assert (report.parent / "report.html").is_file() and (report.parent / "report.json").is_file()

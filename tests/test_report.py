@@ -429,3 +429,16 @@ def test_cli_report_unknown_run_exits_2_naming_it(tmp_path):
     proc = run_cli("report", "no-such-run", "--cache-dir", str(tmp_path))
     assert proc.returncode == 2
     assert "no-such-run" in proc.stderr and "Fix:" in proc.stderr
+
+
+def test_a_skewed_but_not_pure_source_is_named():
+    from xrayfx.report.audit import confound_warnings
+
+    rows = ([{"label": "covid", "source": "site-a"}] * 26 + [{"label": "covid", "source": "site-b"}] * 4
+            + [{"label": "normal", "source": "site-a"}] * 18 + [{"label": "normal", "source": "site-b"}] * 52)
+    warnings = confound_warnings(rows, "covid")
+    assert any("87% of the covid images come from source site-a, against 26% of the other images" in w
+               for w in warnings), warnings
+    balanced = ([{"label": "covid", "source": "site-a"}] * 15 + [{"label": "covid", "source": "site-b"}] * 15
+                + [{"label": "normal", "source": "site-a"}] * 35 + [{"label": "normal", "source": "site-b"}] * 35)
+    assert not any("entangled" in w for w in confound_warnings(balanced, "covid"))

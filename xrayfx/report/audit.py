@@ -144,6 +144,7 @@ def confound_warnings(rows: list[dict[str, str]], positive: str) -> list[str]:
                         f"{others} of the {n_others} images of the other class(es): {name} {value or '(blank)'} "
                         f"nearly means {lab}"
                     )
+        out += _skew_warnings(by_label, name)
         per_value: dict[str, Counter] = {}
         for r in rows:
             per_value.setdefault(r.get(column, ""), Counter())[r.get("label", "")] += 1
@@ -155,6 +156,33 @@ def confound_warnings(rows: list[dict[str, str]], positive: str) -> list[str]:
                 "looking at the lungs"
             )
     return list(dict.fromkeys(out))
+
+
+SKEW_MAJORITY = 0.75  # a value supplying this share of one class …
+SKEW_OTHERS = 0.5  # … but at most this share of the others is named
+
+
+def _skew_warnings(by_label: dict[str, Counter], name: str) -> list[str]:
+    """Name a value (a source, an age group) that supplies most of one class but far less of the others.
+
+    Softer than the purity check: 87 % of positives from one site against 26 % of
+    negatives is a confound a head can learn even when no value is pure.
+    """
+    out = []
+    for lab, counter in sorted(by_label.items()):
+        total = sum(counter.values())
+        value, n = counter.most_common(1)[0]
+        if len(counter) < 2:
+            continue  # one value for the whole class: named by the checks above
+        others = [c for other, c in by_label.items() if other != lab]
+        n_others = sum(sum(c.values()) for c in others)
+        share_others = sum(c[value] for c in others) / n_others if n_others else 0.0
+        if n / total >= SKEW_MAJORITY and share_others <= SKEW_OTHERS:
+            out.append(
+                f"{n / total:.0%} of the {lab} images come from {name} {value or '(blank)'}, against "
+                f"{share_others:.0%} of the other images: {name} and label are entangled"
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
