@@ -19,6 +19,7 @@ chunk catches later corruption, and ids are re-checked on every read.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
@@ -203,26 +204,80 @@ class EmbeddingCache:
 
     def write_chunk(self, chunk: int, image_ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Write one whole chunk (up to chunk_rows rows), then mark its rows done."""
+        self.write_chunk_data(chunk, image_ids, embeddings)
+        self.mark_done(chunk, image_ids)
+
+    def write_chunk_data(self, chunk: int, image_ids: Sequence[str], embeddings: np.ndarray) -> str:
+        """Write the embeddings, then the ids, of one whole chunk, without marking any row done.
+
+        The rows stay invalid until :meth:`mark_done`. This is the part a Dask worker
+        runs; the client, which holds the lock, marks the chunk done afterwards.
+        Returns the sha256 of the chunk as written (see :meth:`chunk_digest`).
+        """
         n = len(image_ids)
         if n == 0 or n > self.chunk_rows or embeddings.shape != (n, self.dim):
             raise CacheError(f"write_chunk needs 1..{self.chunk_rows} rows of dim {self.dim}; got {embeddings.shape}")
         if not np.all(np.isfinite(embeddings)):
             raise CacheError("refusing to cache non-finite embeddings (NaN or inf): the model output is broken")
-        r0, r1 = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows
-        if self._done_mask()[r0:r1].any():
-            raise CacheError(f"chunk {chunk} of {self.path.name} already holds valid rows; it is never rewritten")
+        self._check_chunk_free(chunk)
+        r0, r1 = self._chunk_span(chunk)
         block = np.full((self.chunk_rows, self.dim), np.nan, dtype=np.float32)
         block[:n] = embeddings
         ids = np.zeros((self.chunk_rows, ID_BYTES), dtype=np.uint8)
         ids[:n] = _ids_to_bytes(image_ids)
+        self.embeddings[r0:r1] = block
+        self._write_ids(r0, r1, ids)
+        return _digest(block, ids)
+
+    def mark_done(self, chunk: int, image_ids: Sequence[str], digest: str | None = None) -> None:
+        """Mark the first ``len(image_ids)`` rows of a written chunk valid, and index them.
+
+        With ``digest`` (what :meth:`write_chunk_data` returned to the writer), the
+        chunk is read back first and must match it byte for byte, so a chunk changed
+        by anyone else since is never marked done.
+        """
+        n = len(image_ids)
+        if n == 0 or n > self.chunk_rows:
+            raise CacheError(f"mark_done needs 1..{self.chunk_rows} ids; got {n}")
+        self._check_chunk_free(chunk)
+        r0, r1 = self._chunk_span(chunk)
+        if digest is not None and self.chunk_digest(chunk) != digest:
+            raise IntegrityError(
+                f"chunk {chunk} of {self.path} does not hold what its writer reported (sha256 differs); "
+                "another process wrote it meanwhile. It stays invalid: rerun to recompute it, and make sure "
+                "no other extract writes to this cache group"
+            )
         mask = np.zeros(self.chunk_rows, dtype=bool)
         mask[:n] = True
-        self.embeddings[r0:r1] = block
-        self.ids[r0:r1] = ids
         self.done[r0:r1] = mask  # last: only now do these rows become valid
         if self._index is not None:
             for k, i in enumerate(image_ids):
                 self._index[i] = r0 + k
+
+    def chunk_digest(self, chunk: int) -> str:
+        """sha256 over one chunk's stored embeddings and ids bytes."""
+        r0, r1 = self._chunk_span(chunk)
+        emb = np.asarray(self.embeddings[r0:r1], dtype=np.float32)
+        ids = np.asarray(self.ids[r0:r1], dtype=np.uint8)
+        return _digest(emb, ids)
+
+    def _chunk_span(self, chunk: int) -> tuple[int, int]:
+        r0, r1 = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows
+        if chunk < 0 or r1 > self.done.shape[0]:
+            raise CacheError(
+                f"chunk {chunk} is outside cache group {self.path.name} ({self.done.shape[0] // self.chunk_rows} "
+                "chunks); allocate it first with allocate_chunks"
+            )
+        return r0, r1
+
+    def _check_chunk_free(self, chunk: int) -> None:
+        r0, r1 = self._chunk_span(chunk)
+        if np.asarray(self.done[r0:r1], dtype=bool).any():  # reads this chunk only
+            raise CacheError(f"chunk {chunk} of {self.path.name} already holds valid rows; it is never rewritten")
+
+    def _write_ids(self, r0: int, r1: int, ids: np.ndarray) -> None:
+        # A method of its own so that the kill test can stop a worker between the two writes.
+        self.ids[r0:r1] = ids
 
     # ------------------------------------------------------------------ info
     @property
@@ -235,6 +290,12 @@ class EmbeddingCache:
 
 def _ids_to_bytes(image_ids: Sequence[str]) -> np.ndarray:
     return np.frombuffer(b"".join(bytes.fromhex(i) for i in image_ids), dtype=np.uint8).reshape(-1, ID_BYTES)
+
+
+def _digest(embeddings: np.ndarray, ids: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(ids, dtype=np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def _read_lock(fd: int) -> LockInfo:

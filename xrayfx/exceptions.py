@@ -89,3 +89,7 @@ class SkippedInputsError(XrayfxError):
 
 class UnsafeModelError(IntegrityError):
     """A saved model holds code or types outside the allow-list; it was not loaded."""
+
+
+class ClusterError(XrayfxError):
+    """A Dask cluster cannot be reached, cannot see the cache, or lost a worker mid-run."""
