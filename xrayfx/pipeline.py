@@ -122,6 +122,7 @@ def extract(
     on_chunk_done: Callable[[int], None] | None = None,
     config: ModelConfig | None = None,
     scheduler: str | None = None,
+    calibration: str | Path | None = None,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
@@ -130,12 +131,26 @@ def extract(
     Unreadable or undecodable files are skipped and listed; ``strict`` turns any
     skip into an error after everything else has been cached. ``scheduler``
     (``tcp://HOST:PORT`` or ``local:N``) runs the missing part on a Dask cluster.
+    ``precision="int8"`` runs a static int8 variant calibrated on ``calibration``
+    (a folder or manifest; see :func:`xrayfx.quantize.ensure_int8` for the default);
+    its cache group is tagged with the calibration set's hash.
     """
     _check_options(batch_size, workers, runtime, precision)
+    check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
+    if scheduler:
+        from xrayfx.distributed import parse_scheduler
+
+        parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize)
     exported = export_model(config, cache_dir, log=log)
-    cache = open_cache(config, exported, cache_dir, runtime, precision, chunk_rows)
+    model_path, cache_precision = None, precision
+    if precision == "int8":
+        from xrayfx.quantize import ensure_int8
+
+        variant = ensure_int8(exported, calibration=calibration, data=dataset, log=log)
+        model_path, cache_precision = variant.path, variant.cache_precision
+    cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
 
     skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
     t0 = time.perf_counter()
@@ -152,10 +167,11 @@ def extract(
             new_skips, n_new = extract_missing_distributed(
                 todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
                 device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
+                model_path=model_path,
             )
             skipped += new_skips
         elif todo:
-            extractor = make_extractor(exported, runtime, precision, device)
+            extractor = make_extractor(exported, runtime, precision, device, model_path=model_path)
             providers = list(extractor.providers)
             new_skips, n_new = _extract_missing(
                 todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done

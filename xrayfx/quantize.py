@@ -1,0 +1,384 @@
+"""Lower-precision variants of an exported backbone: static int8 (QDQ) for CPUs, fp16 for GPUs.
+
+Each variant is derived from the fp32 export once and registered next to it in
+``<cache>/models/`` with its own JSON sidecar (sha256 of the variant file, sha256
+of the fp32 file it came from, how it was made, versions), exactly like the
+export itself; extractors verify that hash on load.
+
+int8: static QDQ, the way it stays faster than fp32
+---------------------------------------------------
+* **Static**, not dynamic: dynamic int8 quantises activations at run time and was
+  measured at 0.2–0.65× of fp32 speed on the paper backbones; it is not offered.
+* The fp32 graph is first optimised by onnxruntime (``quant_pre_process``), which
+  folds each BatchNormalization into its convolution. Without that step the
+  per-tensor activation ranges see the unfolded, per-channel-scaled conv outputs,
+  and the embedding of MobileNet falls to a cosine similarity of ~0.3 to fp32.
+* Weights int8, symmetric, **per output channel**; activations uint8 asymmetric,
+  one range per tensor (what onnxruntime's QLinearConv takes), QDQ format so the
+  graph stays a plain ONNX graph that onnxruntime fuses into integer kernels.
+* Ranges come from **real radiographs** (at most :data:`MAX_CALIBRATION_IMAGES`),
+  by min/max. The calibration session computes every intermediate tensor of a
+  batch at once (about 0.6 GB per image for DenseNet201), so batches are small
+  (:data:`CALIBRATION_BATCH`) and ranges are merged after every batch
+  (``CalibStridedMinMax=1``): memory holds one batch, and every image counts.
+  onnxruntime 1.32's ``CalibMaxIntermediateOutputs``, which looks like the limit,
+  clears the batches it kept *without* folding them into the ranges (most
+  calibration images would be silently ignored); it is not used.
+
+Which calibration images
+------------------------
+A variant is identified by the fp32 model and the sha256 of its calibration
+image ids (in order), so two calibration sets give two files and two cache
+groups (``precision`` tag ``int8-<hash12>``), never a mix. ``xrayfx extract
+--precision int8`` takes ``--calibration MANIFEST_OR_FOLDER``; without it, it
+reuses the backbone's int8 model if exactly one is registered, and otherwise
+calibrates on the first 64 decodable images of the data being extracted
+(:func:`ensure_int8`).
+
+fp16
+----
+Converted with ``onnxconverter-common`` (the optional ``fp16`` extra), keeping
+the uint8 input and float32 output; the input Cast stays fp32 and is followed by
+a cast to fp16. Meant for CUDA/TensorRT; :mod:`xrayfx.runtimes` refuses it on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+import warnings
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
+from xrayfx.export import ExportedModel, sidecar_path
+from xrayfx.util import atomic_write_json, library_versions, read_json, sha256_file, sha256_json, verify_sha256
+
+#: Most radiographs a calibration uses (more adds time, not accuracy, for min/max ranges).
+MAX_CALIBRATION_IMAGES = 64
+#: Images per calibration batch: ranges are merged after each one. The calibration
+#: session holds every intermediate tensor of a batch at once (about 0.6 GB per image
+#: for DenseNet201: 4.9 GB at batch 8, 1.4 GB at batch 2), so the batch sets the memory.
+CALIBRATION_BATCH = 4
+#: Settings of the int8 variant, recorded in its sidecar.
+INT8_SETTINGS: dict[str, Any] = {
+    "format": "QDQ",
+    "weights": "int8 symmetric, per output channel",
+    "activations": "uint8 asymmetric, per tensor",
+    "calibration": "MinMax, merged after every batch (CalibStridedMinMax=1)",
+    "pre_process": "onnxruntime quant_pre_process (graph optimisation, BatchNorm folded into Conv)",
+}
+
+
+@dataclass(frozen=True)
+class VariantModel:
+    """A registered lower-precision ONNX file derived from an fp32 export."""
+
+    path: Path
+    sidecar: dict[str, Any]
+    precision: str  # "int8" | "fp16"
+
+    @property
+    def cache_precision(self) -> str:
+        """The precision tag of this variant's cache group ('int8-<calibration hash12>' or 'fp16')."""
+        if self.precision == "int8":
+            return f"int8-{self.sidecar['calibration']['ids_sha256'][:12]}"
+        return self.precision
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def calibration_images(
+    data: Any, prep: Any, n: int = MAX_CALIBRATION_IMAGES, workers: int = 2
+) -> tuple[list[str], np.ndarray]:
+    """The first ``n`` decodable images of a folder, manifest or :class:`~xrayfx.datasets.Dataset`.
+
+    Returns their image ids (sha256 of the file bytes, data-set order, duplicates
+    once) and the preprocessed uint8 batch (n, h, w, 3). Files that do not decode
+    are passed over.
+    """
+    from xrayfx.datasets import Dataset, load_dataset
+    from xrayfx.images import load_image
+    from xrayfx.pipeline import decoded_stream
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_CALIBRATION_IMAGES:
+        raise UsageError(f"calibration needs 1..{MAX_CALIBRATION_IMAGES} images; got n={n!r}")
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    seen: set[str] = set()
+    records = []
+    for r in dataset.ok:
+        if r.image_id not in seen:
+            seen.add(r.image_id)
+            records.append(r)
+    ids: list[str] = []
+    images: list[np.ndarray] = []
+    stream = decoded_stream(records, lambda p: load_image(p, prep), workers, lookahead=2 * workers)
+    with closing(stream):
+        for record, image, _reason in stream:
+            if image is not None:
+                ids.append(str(record.image_id))
+                images.append(image)
+                if len(ids) == n:
+                    break
+    if not ids:
+        raise UsageError(
+            f"no decodable image in the calibration data {dataset.source}; expected radiographs "
+            "(PNG/JPEG/DICOM). Give another --calibration folder or manifest."
+        )
+    return ids, np.stack(images)
+
+
+def calibration_hash(image_ids: Sequence[str]) -> str:
+    """sha256 identifying a calibration set: its image ids, in order."""
+    return sha256_json(list(image_ids))
+
+
+class _BatchReader:
+    """onnxruntime CalibrationDataReader over in-memory batches, with the strided-range interface."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int):
+        self.input_name = input_name
+        self.batches = [np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images), batch)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+# ------------------------------------------------------------------------------------ int8
+
+
+def int8_path(exported: ExportedModel, ids_sha256: str) -> Path:
+    """Where the int8 variant of an export, calibrated on a given set, is registered."""
+    return exported.path.with_name(f"{exported.path.stem}-int8-{ids_sha256[:12]}.onnx")
+
+
+def fp16_path(exported: ExportedModel) -> Path:
+    """Where the fp16 variant of an export is registered."""
+    return exported.path.with_name(f"{exported.path.stem}-fp16.onnx")
+
+
+def load_variant(path: Path, exported: ExportedModel, verify: bool = False) -> VariantModel | None:
+    """The registered variant at ``path`` if its sidecar names this export as its source, else None."""
+    side = sidecar_path(path)
+    if not (path.is_file() and side.is_file()):
+        return None
+    sidecar = read_json(side)
+    if sidecar.get("source_onnx_sha256") != exported.sidecar["onnx_sha256"]:
+        return None
+    if verify:
+        verify_sha256(path, sidecar["onnx_sha256"], what=f"{sidecar.get('precision', '?')} ONNX variant")
+    return VariantModel(path=path, sidecar=sidecar, precision=str(sidecar.get("precision")))
+
+
+def registered_int8(exported: ExportedModel) -> list[VariantModel]:
+    """Every int8 variant registered for this export (one per calibration set), oldest first."""
+    found = []
+    for path in sorted(exported.path.parent.glob(f"{exported.path.stem}-int8-*.onnx")):
+        v = load_variant(path, exported)
+        if v is not None and v.precision == "int8":
+            found.append(v)
+    return sorted(found, key=lambda v: v.sidecar.get("created", ""))
+
+
+def quantize_int8(
+    exported: ExportedModel,
+    images: np.ndarray,
+    image_ids: Sequence[str],
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> VariantModel:
+    """Static QDQ int8 variant of an export, calibrated on ``images`` (registered once per set).
+
+    ``images`` is a uint8 (n, h, w, 3) batch of real radiographs, n <= 64, with one
+    image id per image; see the module docstring for the settings and why.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    h, w = exported.sidecar["input"]["shape"][1:3]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+        raise UsageError(f"calibration images must be uint8 (n, {h}, {w}, 3); got {images.dtype} {images.shape}")
+    if len(image_ids) != len(images):
+        raise UsageError(f"expected one image id per calibration image ({len(images)}); got {len(image_ids)}")
+    if not 1 <= len(images) <= MAX_CALIBRATION_IMAGES:
+        raise UsageError(
+            f"calibration takes 1..{MAX_CALIBRATION_IMAGES} radiographs; got {len(images)}. "
+            "Pass fewer (the first 64 are plenty for min/max ranges)."
+        )
+    ids_sha = calibration_hash(image_ids)
+    out = int8_path(exported, ids_sha)
+    if not force and (existing := load_variant(out, exported)) is not None:
+        return existing
+    verify_sha256(exported.path, exported.sidecar["onnx_sha256"], what="ONNX model")
+    if log:
+        log(f"quantising {exported.path.name} to int8 (static QDQ, calibrated on {len(images)} radiographs)…")
+    t0 = time.perf_counter()
+    rss0 = _peak_rss_mb()
+    input_name = exported.sidecar["input"]["name"]
+    with tempfile.TemporaryDirectory(prefix=".xrayfx-int8-", dir=out.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(exported.path), str(pre), skip_symbolic_shape=True)
+        staged = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(staged),
+            _BatchReader(images, input_name, CALIBRATION_BATCH),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"CalibStridedMinMax": 1},
+        )
+        sidecar = _variant_sidecar(exported, staged, out, "int8")
+        sidecar["quantization"] = dict(INT8_SETTINGS)
+        sidecar["calibration"] = {
+            "n_images": len(image_ids),
+            "ids_sha256": ids_sha,
+            "image_ids": list(image_ids),
+            "batch": CALIBRATION_BATCH,
+        }
+        sidecar["seconds"] = round(time.perf_counter() - t0, 2)
+        sidecar["peak_rss_mb"] = round(max(_peak_rss_mb(), rss0), 1)
+        os.replace(staged, out)
+    atomic_write_json(sidecar_path(out), sidecar)
+    return VariantModel(path=out, sidecar=sidecar, precision="int8")
+
+
+def ensure_int8(
+    exported: ExportedModel,
+    calibration: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> VariantModel:
+    """The int8 variant an extraction uses, made if needed.
+
+    * ``calibration`` (folder or manifest): its first 64 decodable images;
+    * else the backbone's int8 variant, if exactly one is registered;
+    * else the first 64 decodable images of ``data`` (the data being extracted).
+    """
+    prep = exported.config.preprocessing
+    if calibration is None:
+        existing = registered_int8(exported)
+        if len(existing) == 1:
+            return existing[0]
+        if data is None:
+            names = ", ".join(v.path.name for v in existing) or "none"
+            raise UsageError(
+                f"--precision int8 needs calibration radiographs for {exported.path.name} "
+                f"(registered int8 variants: {names}); pass --calibration MANIFEST_OR_FOLDER"
+            )
+        source = data
+    else:
+        source = Path(calibration)
+    ids, images = calibration_images(source, prep)
+    return quantize_int8(exported, images, ids, log=log)
+
+
+def resolve_int8(exported: ExportedModel) -> VariantModel:
+    """The single registered int8 variant of an export (for callers that pass no model path)."""
+    existing = registered_int8(exported)
+    if len(existing) != 1:
+        names = ", ".join(v.path.name for v in existing) or "none"
+        raise UsageError(
+            f"--precision int8 needs exactly one registered int8 variant of {exported.path.name}; found "
+            f"{len(existing)} ({names}). Make one with `xrayfx extract --precision int8 --calibration DATA` "
+            "or pass its path (model_path=)"
+        )
+    return existing[0]
+
+
+# ------------------------------------------------------------------------------------ fp16
+
+
+def ensure_fp16(exported: ExportedModel, log: Callable[[str], None] | None = None) -> VariantModel:
+    """The fp16 variant of an export (uint8 in, float32 out), converted once and registered."""
+    out = fp16_path(exported)
+    if (existing := load_variant(out, exported)) is not None:
+        return existing
+    try:
+        from onnxconverter_common import float16
+    except ModuleNotFoundError as exc:
+        raise RuntimeSetupError(
+            "--precision fp16 converts the ONNX model with onnxconverter-common, which is not installed: "
+            "`pip install 'xrayfx[fp16]'` (onnxconverter-common 1.16)"
+        ) from exc
+    import onnx
+
+    verify_sha256(exported.path, exported.sidecar["onnx_sha256"], what="ONNX model")
+    if log:
+        log(f"converting {exported.path.name} to fp16…")
+    t0 = time.perf_counter()
+    model = onnx.load(str(exported.path))
+    # The input Cast (uint8 -> float) keeps its float32 output; the converter then
+    # inserts a cast to fp16 after it. Converting the Cast itself leaves its `to`
+    # attribute at float32 while its output is declared fp16: an invalid graph.
+    casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
+    with warnings.catch_warnings(record=True) as caught:
+        # The converter warns once per weight it clamps into fp16's range (values below 1e-7
+        # become 1e-7 in magnitude); they are counted and recorded instead of printed.
+        warnings.simplefilter("always")
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+    clamped = sum(1 for w in caught if "truncated" in str(w.message))
+    with tempfile.TemporaryDirectory(prefix=".xrayfx-fp16-", dir=out.parent) as tmp:
+        staged = Path(tmp) / "fp16.onnx"
+        onnx.save(converted, str(staged))
+        sidecar = _variant_sidecar(exported, staged, out, "fp16")
+        sidecar["conversion"] = {"tool": "onnxconverter-common float16", "keep_io_types": True, "blocked": casts,
+                                 "weights_clamped_to_fp16_range": clamped}
+        sidecar["seconds"] = round(time.perf_counter() - t0, 2)
+        os.replace(staged, out)
+    atomic_write_json(sidecar_path(out), sidecar)
+    return VariantModel(path=out, sidecar=sidecar, precision="fp16")
+
+
+# ------------------------------------------------------------------------------------ shared
+
+
+def _variant_sidecar(exported: ExportedModel, staged: Path, out: Path, precision: str) -> dict[str, Any]:
+    base = exported.sidecar
+    return {
+        "precision": precision,
+        "backbone": base["backbone"],
+        "fingerprint": base["fingerprint"],
+        "onnx_file": out.name,
+        "onnx_sha256": sha256_file(staged),
+        "onnx_bytes": staged.stat().st_size,
+        "source_onnx_file": exported.path.name,
+        "source_onnx_sha256": base["onnx_sha256"],
+        "input": base["input"],
+        "output": base["output"],
+        "preprocessing": base["preprocessing"],
+        "gflops_per_image": base.get("gflops_per_image"),
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_variant(variant: VariantModel, exported: ExportedModel) -> None:
+    """Raise IntegrityError unless the variant's file and its source match the recorded hashes."""
+    if variant.sidecar.get("source_onnx_sha256") != exported.sidecar["onnx_sha256"]:
+        raise IntegrityError(
+            f"{variant.path.name} was derived from another export than {exported.path.name}; delete it and rerun"
+        )
+    verify_sha256(variant.path, variant.sidecar["onnx_sha256"], what=f"{variant.precision} ONNX variant")
