@@ -64,9 +64,9 @@ EpochData = Callable[[int], tuple[Any, Any]]
 
 def _keras() -> Any:
     """Import Keras only when a paper head is built (it pulls in TensorFlow)."""
-    import keras
+    from xrayfx.util import import_keras_quietly
 
-    return keras
+    return import_keras_quietly()
 
 
 class PaperHead(Head):

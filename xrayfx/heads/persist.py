@@ -330,7 +330,9 @@ def _forced_safe_mode() -> Any:
 
 def _keras_safe_load(path: Path) -> Any:
     """``keras.saving.load_model(..., safe_mode=True)``, its refusals as :class:`UnsafeModelError`."""
-    import keras
+    from xrayfx.util import import_keras_quietly
+
+    keras = import_keras_quietly()
 
     try:
         with _forced_safe_mode():

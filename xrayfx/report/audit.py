@@ -177,7 +177,7 @@ def _skew_warnings(by_label: dict[str, Counter], name: str) -> list[str]:
         others = [c for other, c in by_label.items() if other != lab]
         n_others = sum(sum(c.values()) for c in others)
         share_others = sum(c[value] for c in others) / n_others if n_others else 0.0
-        if n / total >= SKEW_MAJORITY and share_others <= SKEW_OTHERS:
+        if n / total >= SKEW_MAJORITY and 0 < share_others <= SKEW_OTHERS:  # 0: disjoint, named above
             out.append(
                 f"{n / total:.0%} of the {lab} images come from {name} {value or '(blank)'}, against "
                 f"{share_others:.0%} of the other images: {name} and label are entangled"
