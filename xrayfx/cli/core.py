@@ -118,8 +118,14 @@ def extract_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per inference call.")] = 32,
     workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any input is skipped.")] = False,
-    runtime: Annotated[str, typer.Option("--runtime", help="Inference runtime (part of the cache key).")] = "onnxruntime",
-    precision: Annotated[str, typer.Option("--precision", help="Inference precision (part of the cache key).")] = "fp32",
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="onnxruntime | openvino (the openvino extra); part of the cache key.")
+    ] = "onnxruntime",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="fp32 | int8 (onnxruntime, CPU; see --calibration) | bf16 (openvino, CPUs "
+                     "with bf16) | fp16 (onnxruntime, GPU); part of the cache key."),
+    ] = "fp32",
     scheduler: Annotated[
         Optional[str],
         typer.Option("--scheduler", help="Run on Dask: tcp://HOST:PORT (existing cluster) or local:N (N worker processes)."),
