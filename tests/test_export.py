@@ -40,6 +40,25 @@ def test_fingerprint_depends_on_weights_seed_preprocessing_and_resize():
     assert base.onnx_path("c").name == f"mobilenet-{base.fingerprint[:12]}.onnx"
 
 
+def test_fingerprint_ignores_descriptive_fields_only():
+    import dataclasses
+
+    from xrayfx.export import ModelConfig
+
+    base = model_config("mobilenet", weights="none", seed=0)
+    relabelled = ModelConfig(dataclasses.replace(base.spec, license="other", description="x", gflops=1.0),
+                             base.weights, base.preprocessing)
+    assert relabelled.fingerprint == base.fingerprint
+    rebuilt = ModelConfig(dataclasses.replace(base.spec, constructor_kwargs=(("alpha", 0.5),)), base.weights,
+                          base.preprocessing)
+    assert rebuilt.fingerprint != base.fingerprint
+
+
+def test_registry_gflops_match_the_exported_graph(mobilenet_export):
+    counted = mobilenet_export.sidecar["gflops_per_image"]
+    assert abs(counted - get_spec("mobilenet").gflops) <= 0.05 * counted
+
+
 def test_mobilenet_real_weights_onnx_equals_keras_on_radiographs(mobilenet_export, mobilenet_config, shared_rows):
     from xrayfx.images import load_image
 
@@ -154,5 +173,7 @@ def test_paper_backbone_random_init_export_and_parity(name, paper_export):
         assert p["max_abs_diff"] <= PARITY_RTOL * p["max_abs_keras"]
     assert side["output"]["shape"] == [None, spec.embedding_size]
     assert side["weights"]["kind"] == "none" and side["weights"]["seed"] == 0
+    assert abs(side["gflops_per_image"] - spec.gflops) <= 0.05 * spec.gflops
+    assert side["params"] == spec.params
     out = Extractor(exported.path)(np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))
     assert out.shape == (2, spec.embedding_size) and np.isfinite(out).all()

@@ -83,7 +83,7 @@ class ModelConfig:
         """sha256 of (registry spec, weights sha256 or seed, preprocessing, input size)."""
         return sha256_json(
             {
-                "spec": self.spec.to_dict(),
+                "spec": self.spec.identity(),
                 "weights": self.weights.identity(),
                 "preprocessing": self.preprocessing.to_dict(),
                 "input_size": list(self.preprocessing.input_size),

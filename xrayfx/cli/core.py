@@ -58,14 +58,15 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
             name + (" *" if spec.paper else ""),
             str(spec.embedding_size),
             f"{spec.params / 1e6:.1f} M",
-            f"{side['gflops_per_image']:.2f}" if side.get("gflops_per_image") else "—",
+            f"{side.get('gflops_per_image') or spec.gflops:.2f}",
             spec.preprocess_mode,
             f"{spec.dropout:g}",
             f"{side['onnx_bytes'] / 2**20:.1f} MiB" if side.get("onnx_bytes") else "—",
             spec.license.split(" (")[0],
         )
     console.print(table)
-    console.print("* the paper's backbones; input 224x224 for all; GFLOP/ONNX shown once exported", highlight=False)
+    console.print("* the paper's backbones; input 224x224 for all; GFLOP per image with a multiply-add as 2; "
+                  "ONNX size once exported", highlight=False)
 
 
 @app.command("export")
