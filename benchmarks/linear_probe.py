@@ -16,7 +16,6 @@ import csv
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from xrayfx.heads import make_head
 from xrayfx.metrics import bootstrap_auroc, roc_auc

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import MOBILENET_WEIGHTS
+from tests.conftest import MOBILENET_WEIGHTS, run_cli_inprocess as run
 from xrayfx.bench import (
     PAPER_MODELS,
     RECORD_FIELDS,
@@ -20,7 +20,6 @@ from xrayfx.bench import (
     plan_bench,
     render_table,
 )
-from xrayfx.cli import main
 from xrayfx.exceptions import RuntimeSetupError, UsageError
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -30,17 +29,6 @@ def _cuda_present() -> bool:
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 # ----------------------------------------------------------------------------------- options

@@ -7,12 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-
-
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xrayfx", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+from conftest import ROOT, run_cli
 
 
 def test_help_lists_commands_with_an_example():

@@ -11,21 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import CXR_MANIFEST, ROOT
-from xrayfx.cli import main
+from tests.conftest import CXR_MANIFEST, ROOT, run_cli_inprocess as run
 
 COMMANDS = ("cohen", "kermany", "nih", "paper", "sources")
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -5,17 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, write_manifest
-
-
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xrayfx", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli, write_manifest
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import csv
 import io
 import json
 import math
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import ROOT, absolute_rows, write_manifest
+from conftest import absolute_rows, run_cli, write_manifest
 from xrayfx.exceptions import IntegrityError, UsageError
 from xrayfx.report import audit
 from xrayfx.report.build import RunData, paper_comparison, score_run
@@ -404,11 +402,6 @@ def test_source_probe_leaves_out_sources_with_too_few_patients():
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xrayfx", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "COLUMNS": "200"})
 
 
 def test_cli_report_prints_table2_and_writes_the_files(runs, tmp_path):

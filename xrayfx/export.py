@@ -11,7 +11,6 @@ runs in a child process (``python -m xrayfx.export``), one at a time.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import subprocess

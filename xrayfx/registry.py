@@ -9,7 +9,7 @@ artefact and is part of the model fingerprint, so no call site hard-codes it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
