@@ -51,6 +51,7 @@ import numpy as np
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache
 from xrayfx.exceptions import UsageError
 from xrayfx.export import ExportedModel, ModelConfig
+from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, make_extractor
 from xrayfx.util import sha256_json
 
@@ -255,14 +256,9 @@ class JitterSource:
         self._stack.enter_context(self.cache.locked())
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrayfx-jitter")
         todo = sum(len(self.cache.missing(self.keys(e))) for e in range(self.epochs))
-        if self.progress and todo:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(f"jitter + extract {self.config.spec.name}", total=todo)
+        self._bar = self._stack.enter_context(
+            ImageProgress(self.progress, todo, f"jitter + extract {self.config.spec.name}")
+        )
         if self.log and todo:
             self.log(f"augment: {todo} jittered image(s) to embed in the background "
                      f"({self.n} per training image and epoch, {self.epochs} epoch(s))")
@@ -273,8 +269,6 @@ class JitterSource:
             fut.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._bar is not None:
-            self._bar.stop()
         if self._stack is not None:
             self._stack.close()
         self._bases.clear()
@@ -344,7 +338,7 @@ class JitterSource:
                     self.cache.write_chunk(next(chunks), [key for _, key in part], emb)
                     self.stats.n_new += len(part)
                     if self._bar is not None:
-                        self._bar.update(self._task, advance=len(part))
+                        self._bar.advance(len(part))
         X = self.cache.read(keys)
         self.stats.compute_seconds += time.perf_counter() - t0
         return X

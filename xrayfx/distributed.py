@@ -42,6 +42,7 @@ import numpy as np
 from xrayfx.cache import EmbeddingCache
 from xrayfx.exceptions import ClusterError, ImageDecodeError, IntegrityError, RuntimeSetupError, UsageError, XrayfxError
 from xrayfx.pipeline import Skip
+from xrayfx.progress import ImageProgress
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -462,7 +463,7 @@ def extract_missing_distributed(
             chunks = cache.allocate_chunks(n_chunks)
             window = max_in_flight or max(2, 2 * sum(threads.values()))
             label = f"extract {config.spec.name} on {spec} ({len(threads)} workers, {sum(threads.values())} threads)"
-            with _ClusterProgress(progress, len(todo), math.ceil(n_chunks / per_batch), label) as bar:
+            with ImageProgress(progress, len(todo), label, batches=math.ceil(n_chunks / per_batch)) as bar:
                 return _run_batches(
                     client, distributed, spec, plugin_name, group_path, cache,
                     _batches(todo, chunks, cache.chunk_rows, per_batch), batch_size, window, bar, on_chunk_done,
@@ -490,7 +491,7 @@ def _run_batches(
     batches: Iterator[list[tuple[int, list[tuple[str, str]]]]],
     batch_size: int,
     window: int,
-    bar: "_ClusterProgress",
+    bar: ImageProgress,
     on_chunk_done: Callable[[int], None] | None,
 ) -> tuple[list[Skip], int]:
     """Submit batches through a bounded window, mark chunks done as they come back."""
@@ -524,7 +525,7 @@ def _run_batches(
                     if on_chunk_done:
                         on_chunk_done(chunks_done)
                 skips += result.skips
-                bar.advance(result.n_images)
+                bar.advance(result.n_images, batches=1)
             except distributed.KilledWorker:
                 first_error = first_error or ClusterError(
                     f"a Dask worker died (killed, or out of memory) while embedding chunks {batch_chunks} and Dask "
@@ -561,44 +562,3 @@ def _wait_until_stopped(client: "Client", keys: set[str], timeout: float = STOP_
         time.sleep(0.5)
     log.warning("batches %s were still running on the cluster after %.0f s; a rerun may race with them",
                 sorted(keys), timeout)
-
-
-class _ClusterProgress:
-    """A rich progress bar: images, batches done, images/s across the cluster, ETA; or nothing."""
-
-    def __init__(self, enabled: bool, total_images: int, total_batches: int, label: str):
-        self.enabled = enabled and total_images > 0
-        self.total_images = total_images
-        self.total_batches = total_batches
-        self.label = label
-        self.batches = 0
-        self.images = 0
-
-    def __enter__(self) -> "_ClusterProgress":
-        self.t0 = time.perf_counter()
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[batches]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                TextColumn("ETA"), TimeRemainingColumn(),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.total_images,
-                                          batches=f"0/{self.total_batches} batches", rate="")
-        return self
-
-    def advance(self, n_images: int) -> None:
-        """Count one finished batch of ``n_images`` images."""
-        self.batches += 1
-        self.images += n_images
-        if self.enabled:
-            rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n_images, batches=f"{self.batches}/{self.total_batches} batches",
-                            rate=f"{rate:.1f} img/s")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.stop()

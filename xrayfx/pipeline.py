@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
+from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
 from xrayfx.util import atomic_write_text
 
@@ -276,7 +277,7 @@ def _extract_missing(
         if on_chunk_done:
             on_chunk_done(chunks_done)
 
-    with _progress(show_progress, len(todo), config.spec.name) as advance:
+    with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
         stream = decoded_stream(todo, lambda p: load_image(p, prep), workers, lookahead=max(2 * cache.chunk_rows, 8))
         for record, image, reason in stream:
             if image is None:
@@ -286,46 +287,10 @@ def _extract_missing(
                 buf_imgs.append(image)
                 if len(buf_ids) == cache.chunk_rows:
                     flush()
-            advance(1)
+            bar.advance(1)
         if buf_ids:
             flush()
     return skips, written
-
-
-class _progress:
-    """A rich progress bar with images/s and ETA, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, name: str):
-        self.enabled = enabled and total > 0
-        self.total = total
-        self.name = name
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            transient=False,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(f"extract {self.name}", total=self.total, rate="")
-        self.t0 = time.perf_counter()
-        self.done = 0
-
-        def advance(n: int) -> None:
-            self.done += n
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:.1f} img/s")
-
-        return advance
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def write_skipped(skipped: list[Skip], logs_dir: Path) -> Path:
