@@ -106,6 +106,22 @@ def history_figure(history: list[dict[str, Any]], label: str, run_id: str) -> Fi
     )
 
 
+def _finish_curve(ax: Any, points: Sequence[tuple[str, float, float]], xlabel: str, ylabel: str, title: str,
+                  legend_loc: str) -> None:
+    """Mark the operating points (name, x, y) on a unit-square curve plot and label it."""
+    for (name, x, yy), marker in zip(points, ("o", "s", "^")):
+        if not (_nan(x) or _nan(yy)):
+            ax.plot([x], [yy], marker=marker, markersize=8, linestyle="", color=POSITIVE_COLOUR
+                    if marker == "o" else "#27ae60", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc=legend_loc)
+
+
 def roc_figure(y: np.ndarray, p: np.ndarray, points: Sequence[tuple[str, float, float]], auroc: dict | None,
                label: str, run_id: str) -> Figure:
     """ROC curve of the test rows with the operating points (name, FPR, TPR) marked."""
@@ -116,17 +132,8 @@ def roc_figure(y: np.ndarray, p: np.ndarray, points: Sequence[tuple[str, float, 
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color=NEGATIVE_COLOUR, label=f"ROC, AUROC {_fmt_ci(auroc)}")
     ax.plot([0, 1], [0, 1], color="#aaaaaa", linestyle=":", label="chance")
-    for (name, x, yy), marker in zip(points, ("o", "s", "^")):
-        if not (_nan(x) or _nan(yy)):
-            ax.plot([x], [yy], marker=marker, markersize=8, linestyle="", color=POSITIVE_COLOUR
-                    if marker == "o" else "#27ae60", label=name)
-    ax.set_xlabel("1 − specificity (false-positive rate)")
-    ax.set_ylabel("sensitivity (true-positive rate)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"ROC — {label}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    _finish_curve(ax, points, "1 − specificity (false-positive rate)", "sensitivity (true-positive rate)",
+                  f"ROC — {label}", "lower right")
     return Figure(
         name=f"{run_id}-roc.png", title=f"ROC curve — {label}",
         caption="ROC curve of the test images from the predicted probabilities. Markers: the paper's decision "
@@ -145,17 +152,8 @@ def pr_figure(y: np.ndarray, p: np.ndarray, points: Sequence[tuple[str, float, f
         prec, rec, _ = precision_recall_curve(y, p)
         ax.step(rec, prec, where="post", color=NEGATIVE_COLOUR, label=f"PR, AP {_fmt_ci(pr_auc)}")
         ax.axhline(float(y.mean()), color="#aaaaaa", linestyle=":", label=f"prevalence {y.mean():.2f}")
-    for (name, x, yy), marker in zip(points, ("o", "s", "^")):
-        if not (_nan(x) or _nan(yy)):
-            ax.plot([x], [yy], marker=marker, markersize=8, linestyle="", color=POSITIVE_COLOUR
-                    if marker == "o" else "#27ae60", label=name)
-    ax.set_xlabel(f"recall (sensitivity for {positive})")
-    ax.set_ylabel(f"precision (PPV for {positive})")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Precision-recall — {label}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    _finish_curve(ax, points, f"recall (sensitivity for {positive})", f"precision (PPV for {positive})",
+                  f"Precision-recall — {label}", "lower left")
     return Figure(
         name=f"{run_id}-pr.png", title=f"Precision-recall curve — {label}",
         caption=f"Precision-recall curve for {positive} on the test images, with the same operating points. "
