@@ -276,21 +276,25 @@ def _walk_keras_classes(node: Any, found: list[tuple[str | None, str]]) -> None:
             _walk_keras_classes(value, found)
 
 
+def _zip_json(path: Path, member: str, what: str) -> tuple[set[str], Any]:
+    """(member names, parsed JSON member) of a zip archive; IntegrityError if it is not readable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return set(archive.namelist()), json.loads(archive.read(member))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(
+            f"{path} is not a readable {what} ({type(e).__name__}: {e}); expected the file "
+            "save_head wrote. Retrain the head to rebuild it."
+        ) from None
+
+
 def check_keras_archive(path: str | Path) -> None:
     """Refuse a ``.keras`` file whose config names a class outside :data:`ALLOWED_KERAS_CLASSES`.
 
     Reads only the archive's JSON; nothing is deserialised or imported.
     """
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = set(archive.namelist())
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(
-            f"{path} is not a readable Keras archive ({type(e).__name__}: {e}); expected the zip "
-            "that save_head wrote. Retrain the head to rebuild it."
-        ) from None
+    members, config = _zip_json(path, "config.json", "Keras archive")
     extra = sorted(members - _KERAS_MEMBERS)
     if extra:
         raise UnsafeModelError(
@@ -374,14 +378,7 @@ def _walk_skops_types(node: Any, found: set[str]) -> None:
 def skops_types(path: str | Path) -> list[str]:
     """Every type (``module.Class``) the schema of a ``.skops`` file names, sorted."""
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            schema = json.loads(archive.read("schema.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(
-            f"{path} is not a readable skops file ({type(e).__name__}: {e}); expected the file "
-            "save_head wrote. Retrain the head to rebuild it."
-        ) from None
+    _, schema = _zip_json(path, "schema.json", "skops file")
     found: set[str] = set()
     _walk_skops_types(schema, found)
     return sorted(found)
