@@ -25,7 +25,7 @@ from xrayfx.metrics import (
     roc_auc,
     source_probe,
     wilson_interval,
-    youden_threshold,
+    youden_interval,
 )
 
 Z95 = 1.959963984540054  # standard normal 97.5% quantile
@@ -169,7 +169,7 @@ def test_auroc_and_average_precision_hand_case():
 
 def test_auroc_refuses_hard_labels_and_one_class():
     y = np.array([0, 0, 1, 1])
-    for fn in (roc_auc, pr_auc, youden_threshold):
+    for fn in (roc_auc, pr_auc, youden_interval):
         with pytest.raises(UsageError, match="hard labels"):
             fn(y, np.array([0, 1, 1, 1]))
     with pytest.raises(UsageError, match="hard labels"):
@@ -182,8 +182,8 @@ def test_youden_threshold_hand_case():
     y = np.array([0, 0, 0, 1, 1, 0, 1, 1], dtype=bool)
     p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     # J at p >= t: .8 -> .25, .7 -> .50, .6 -> .25, .5 -> .50, .4 -> 1 - .25 = .75 (max), .3 -> .50
-    t = youden_threshold(y, p)
-    assert t == 0.4
+    lower, t = youden_interval(y, p)
+    assert (lower, t) == (0.3, 0.4)
     assert confusion_at_threshold(y, p, t) == {"tp": 4, "fp": 1, "fn": 0, "tn": 3}
 
 
@@ -191,7 +191,7 @@ def test_youden_ties_go_to_the_highest_threshold():
     y = np.array([0, 0, 1, 0, 1, 1], dtype=bool)
     p = np.array([0.1, 0.3, 0.35, 0.4, 0.8, 0.9])
     # J(.8) = 2/3 - 0 and J(.35) = 1 - 1/3: a tie; the higher threshold is returned
-    assert youden_threshold(y, p) == 0.8
+    assert youden_interval(y, p) == (0.4, 0.8)
 
 
 # --- Calibration ------------------------------------------------------------------------------

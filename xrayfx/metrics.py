@@ -22,6 +22,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from xrayfx.exceptions import DataError, UsageError
 
+#: Patient-bootstrap resamples behind every interval of fit-head, report and evaluate.
+DEFAULT_RESAMPLES = 2000
+
 # Table 2 of Cuijpers, Liu & Borel Rinkes (2020); test set 42 COVID-19 / 282 normal.
 PAPER_TEST_SET = {"covid": 42, "normal": 282}
 PAPER_TABLE2: dict[str, dict[str, Any]] = {
@@ -274,12 +277,14 @@ def pr_auc(y: Any, p: Any) -> float:
     return float(average_precision_score(y, p))
 
 
-def youden_threshold(y: Any, p: Any) -> float:
-    """Threshold maximising sensitivity + specificity - 1 (Youden's J).
+def youden_interval(y: Any, p: Any) -> tuple[float, float]:
+    """``(lower, upper)``: the interval of thresholds that maximise Youden's J (sensitivity + specificity - 1).
 
-    The caller chooses it on validation data and applies it to test data. The
-    result is one of the values of ``p`` (positive iff ``p >= threshold``); ties
-    go to the highest such threshold.
+    Every threshold ``t`` with ``lower < t <= upper`` classifies the rows
+    identically (positive iff ``p >= t``). ``upper`` is one of the values of
+    ``p`` (ties between separate maxima go to the highest); ``lower`` is the
+    next lower value of ``p`` (``lower == upper`` when there is none). The one
+    decision rule built on it is :func:`xrayfx.study.decision.choose_threshold`.
     """
     y = _binary_y(y)
     p = _probabilities(p, len(y), "Youden's threshold")
@@ -290,7 +295,10 @@ def youden_threshold(y: Any, p: Any) -> float:
     fp = len(neg) - np.searchsorted(neg, thr, side="left")
     # J = tp/P - fp/N, compared exactly in integers as tp*N - fp*P; argmax takes the first tie
     score = tp.astype(np.int64) * len(neg) - fp.astype(np.int64) * len(pos)
-    return float(thr[int(np.argmax(score))])
+    best = int(np.argmax(score))
+    upper = float(thr[best])
+    lower = float(thr[best + 1]) if best + 1 < len(thr) else upper
+    return lower, upper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +318,7 @@ def patient_bootstrap(
     p: Any,
     groups: Any,
     stat_fn: Callable[[np.ndarray, np.ndarray], float],
-    n_resamples: int = 2000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Any]:

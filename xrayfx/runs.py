@@ -5,7 +5,9 @@ A run lives in ``<cache>/runs/<run-id>/`` and holds
 * ``config.json`` — everything that fixes the run (backbone fingerprint, runtime,
   precision, preprocessing, weights, data path and sha256, split, head, balance,
   augmentation, seeds, library versions) and, under ``files``, the sha256 of
-  every other file of the run. It is written last.
+  every other file of the run. Its typed view is :class:`xrayfx.study.record.RunRecord`.
+* ``run.sha256`` — the sha256 of ``config.json``, written last, so that an edited
+  config.json (e.g. its ``decision.threshold``) fails the integrity check too.
 * ``split.csv`` — the split (:func:`xrayfx.splits.write_split`).
 * the head — ``head.keras`` + ``head.json`` (paper head) or ``head.skops``
   (classical heads), written by :func:`xrayfx.heads.persist.save_head`; a k-fold
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from xrayfx.exceptions import IntegrityError, RunError, UsageError
+from xrayfx.study.record import RUN_FORMAT_VERSION, VERSION_KEY, RunRecord
 from xrayfx.util import atomic_write_json, atomic_write_text, read_json, sha256_file, verify_sha256
 
 RUNS_DIR = "runs"
@@ -41,18 +44,19 @@ HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.txt"
-RUN_FORMAT_VERSION = 1
+SEAL_FILE = "run.sha256"
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 @dataclass
 class Run:
-    """A finished run: its folder, its ``config.json`` and its ``metrics.json``."""
+    """A finished run: its folder, its typed record, its ``config.json`` and its ``metrics.json``."""
 
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None
 
     @property
     def run_id(self) -> str:
@@ -141,15 +145,34 @@ def load_run(run: str | Path, cache_dir: str | Path = "cache", verify: bool = Tr
             f"{path / CONFIG_FILE} is not readable JSON ({e}); expected the record fit-head writes. "
             "Fix: rerun fit-head."
         ) from None
-    if not isinstance(config, dict) or not isinstance(config.get("files"), dict):
-        raise RunError(
-            f"{path / CONFIG_FILE} lacks the 'files' record of a run; expected a config.json written by "
-            "fit-head. Fix: rerun fit-head."
-        )
+    where = path / CONFIG_FILE
+    if not isinstance(config, dict) or config.get(VERSION_KEY) != RUN_FORMAT_VERSION:
+        RunRecord.from_dict(config, where)  # raises the error that names the version and the fix
+    if verify:
+        verify_config_seal(path)
+    record = RunRecord.from_dict(config, where)
     if verify:
         verify_run_files(path, config)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
-    return Run(path=path, config=config, metrics=metrics)
+    return Run(path=path, config=config, metrics=metrics, record=record)
+
+
+def verify_config_seal(path: Path) -> None:
+    """Check ``config.json`` against the sha256 in ``run.sha256`` (written last by fit-head)."""
+    seal = path / SEAL_FILE
+    if not seal.is_file():
+        raise RunError(
+            f"Run {path} has no {SEAL_FILE} (the sha256 of its {CONFIG_FILE}); the run is incomplete. "
+            "Fix: re-run fit-head."
+        )
+    recorded = seal.read_text(encoding="utf-8").split()[0] if seal.read_text(encoding="utf-8").split() else ""
+    actual = sha256_file(path / CONFIG_FILE)
+    if recorded != actual:
+        raise IntegrityError(
+            f"{path / CONFIG_FILE} differs from the sha256 recorded in {seal} (expected {recorded[:12]}…, got "
+            f"{actual[:12]}…): the run's record was edited after fit-head wrote it, so its threshold and files "
+            "cannot be trusted. Fix: restore the original config.json, or re-run fit-head."
+        )
 
 
 def verify_run_files(path: Path, config: dict[str, Any]) -> None:
@@ -213,6 +236,7 @@ class RunWriter:
         """Write ``config.json`` (with the files' hashes) last and move the run into place."""
         config = {**config, "files": dict(sorted(self.files.items()))}
         atomic_write_json(self.tmp / CONFIG_FILE, config)
+        atomic_write_text(self.tmp / SEAL_FILE, f"{sha256_file(self.tmp / CONFIG_FILE)}  {CONFIG_FILE}\n")
         if self.final.exists():
             raise UsageError(
                 f"Expected run folder {self.final} to stay free; got one made by another process while this run "

@@ -31,7 +31,8 @@ def fit_head_cmd(
     cache_dir: CacheDir = Path("cache"),
     device: Device = "cpu",
     split: Annotated[Optional[Path], typer.Option(
-        "--split", help="Reuse this split.csv (image_id,patient_id,label,split,fold) instead of making one.")] = None,
+        "--split", help="Reuse a run's split.csv (image_id,patient_id,label,fold,part; older "
+        "image_id,patient_id,label,split,fold files too) instead of making one.")] = None,
     test_size: Annotated[float, typer.Option("--test-size", help="Fraction of all images in the test part.")] = 0.3,
     val_size: Annotated[float, typer.Option(
         "--val-size", help="Fraction of the remaining (training) images in the validation part.")] = 0.15,
@@ -56,7 +57,10 @@ def fit_head_cmd(
     allow_leakage: Annotated[bool, typer.Option(
         "--allow-leakage", help="Proceed even if a patient or an image is on both sides of the split.")] = False,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Paper head: epochs (default 100).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Paper head: batch size (8).")] = None,
+    head_batch_size: Annotated[Optional[int], typer.Option(
+        "--head-batch-size", help="Paper head: training batch size, in embeddings per step (8).")] = None,
+    batch_size_deprecated: Annotated[Optional[int], typer.Option(
+        "--batch-size", hidden=True, help="Deprecated alias of --head-batch-size.")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(
         "--learning-rate", help="Paper head: SGD learning rate (1e-4).")] = None,
     momentum: Annotated[Optional[float], typer.Option("--momentum", help="Paper head: SGD momentum (0.5).")] = None,
@@ -70,17 +74,20 @@ def fit_head_cmd(
 
     Example: xrayfx fit-head --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5 --data paper.csv --head paper
     """
+    from xrayfx.study.options import HeadOptions
     from xrayfx.train import fit_head
 
-    head_params = {
-        k: v for k, v in dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                              momentum=momentum, dropout=dropout, units=units).items() if v is not None
-    }
+    if batch_size_deprecated is not None:
+        _log("--batch-size is deprecated for fit-head: it is the paper head's training batch; use --head-batch-size.")
+    options = HeadOptions(
+        head=head, epochs=epochs, batch_size=head_batch_size if head_batch_size is not None else batch_size_deprecated,
+        learning_rate=learning_rate, momentum=momentum, dropout=dropout, units=units, balance=balance,
+        k_neighbors=k_neighbors, augment=augment, train_seed=train_seed,
+    )
     run = fit_head(
         model, data, weights=weights, seed=seed, preprocess=preprocess, resize=resize, cache_dir=cache_dir,
         split=split, test_size=test_size, val_size=val_size, split_seed=split_seed, folds=folds, labels=labels,
-        positive=positive, head=head, head_params=head_params, balance=balance, k_neighbors=k_neighbors,
-        augment=augment, train_seed=train_seed, run_id=run_id, allow_leakage=allow_leakage, device=device,
+        positive=positive, head=options, run_id=run_id, allow_leakage=allow_leakage, device=device,
         progress=True, log=_log,
     )
     _print_run(run)
@@ -116,8 +123,11 @@ def _print_run(run: Any) -> None:
         row("val", m.get("val", {}))
         row("test", m.get("test", {}))
         console.print(table)
-    d = run.config["decision"]
-    console.print(f"decision: {d['predicted']} (threshold {d['threshold']:.4g}, {d['rule']})", highlight=False)
+    from xrayfx.study.decision import describe
+
+    d = run.record.decision
+    console.print(f"decision: {d.positive} if p_{d.positive} >= threshold, {describe(d.rule, d.threshold)}",
+                  highlight=False)
     console.print(f"positive class: {m['positive']}; run folder: {run.path}", highlight=False)
 
 
@@ -131,16 +141,17 @@ def predict_cmd(
         "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).")]
     = None,
     device: Device = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,
 ) -> None:
     """Predict images with a run's backbone, preprocessing, head and decision threshold.
 
-    Writes CSV path,image_id,p_<label>...,predicted,threshold. "predicted" applies the threshold that fit-head chose on validation (Youden's J); the threshold column and standard error name it.
+    Writes CSV path,image_id,p_<label>...,predicted,threshold, then a manifest's other columns (label, patient_id, source, ...); paths as given. An existing --output is refused without --force. "predicted" applies the threshold that fit-head chose on validation (Youden's J); the threshold column and standard error name it.
 
     Example: xrayfx predict --run cache/runs/20250101-120000-mobilenet-paper images/ -o predictions.csv
     """
     from xrayfx.train import predict, write_stdout
 
-    result = predict(run, inputs, cache_dir=cache_dir, output=output, device=device,
+    result = predict(run, inputs, cache_dir=cache_dir, output=output, force=force, device=device,
                      progress=output is not None, log=_log)
     if output is None:
         write_stdout(result.csv_text())
