@@ -25,6 +25,7 @@ _API = {
     "generate_phantoms": "xrayfx.phantoms",
     "fit_head": "xrayfx.train",
     "predict": "xrayfx.train",
+    "evaluate": "xrayfx.study.evaluate",
     "build_report": "xrayfx.report",
     "run_demo": "xrayfx.demo",
     "get_spec": "xrayfx.registry",

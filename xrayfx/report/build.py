@@ -3,15 +3,16 @@
 :func:`build_report` is the whole job (``xrayfx report`` calls it): for each run
 it reads the run folder (:func:`xrayfx.runs.load_run`, hashes checked), scores
 the test predictions at the paper's argmax decision and at the threshold
-chosen on the validation part (Youden's J), computes AUROC, PR-AUC and F1 with
+fit-head chose on the validation part and recorded in the run
+(:mod:`xrayfx.study.decision`; per fold for k-fold runs), computes AUROC, PR-AUC and F1 with
 patient-bootstrap intervals and every proportion with a Wilson interval,
 calibration, fold spread for k-fold runs, the comparison with the paper's
 Table 2, and the shortcut audit (:mod:`xrayfx.report.audit`); then draws the
 figures (:mod:`xrayfx.report.figures`) and writes ``report.md``,
 ``report.html`` and ``report.json`` (:mod:`xrayfx.report.render`).
 
-Nothing here chooses a threshold on test data: the Youden threshold of a run
-(of each fold, for k-fold runs) comes from its validation rows only.
+Nothing here chooses a threshold: every operating point is the run's recorded
+one (:class:`xrayfx.study.record.RunRecord`), chosen on its validation rows only.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xrayfx import metrics
+from xrayfx.metrics import DEFAULT_RESAMPLES
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
 from xrayfx.report import audit
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
 
-DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
 CALIBRATION_BINS = 10
 SEED = 0
@@ -55,6 +56,7 @@ class RunData:
     proba: np.ndarray  # (n, 2), columns in ``classes`` order
     history: list[dict[str, Any]]  # per-epoch rows, with a "fold" key (-1 for holdout runs)
     split_rows: list[dict[str, str]]  # split.csv ([] if absent)
+    record: Any = None  # xrayfx.study.record.RunRecord
 
     def column(self, name: str) -> np.ndarray:
         """A predictions.csv column as a str array ('' where absent)."""
@@ -75,56 +77,17 @@ class RunData:
         return np.where(pid != "", pid, np.char.add("image:", iid))
 
     @property
-    def model_dict(self) -> dict[str, Any] | None:
-        return find_model_dict(self.config)
+    def model_dict(self) -> dict[str, Any]:
+        """The recorded :meth:`ModelConfig.to_dict` of the run."""
+        return self.record.model
 
     @property
     def backbone(self) -> str:
-        model = self.model_dict
-        if model:
-            return str(model.get("backbone", "?"))
-        value = self.config.get("backbone")
-        return value if isinstance(value, str) else "?"
+        return self.record.backbone
 
     @property
     def head_name(self) -> str:
-        head = self.config.get("head")
-        if isinstance(head, str):
-            return head
-        if isinstance(head, dict):
-            for key in ("name", "head", "kind"):
-                if isinstance(head.get(key), str):
-                    return head[key]
-            if isinstance(head.get("class"), str):
-                return head["class"]
-        return "?"
-
-
-def find_model_dict(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded :meth:`ModelConfig.to_dict` inside a run's config (None if absent)."""
-    need = {"backbone", "fingerprint", "weights", "preprocessing"}
-    for key in ("model", "model_config", "backbone", "extractor"):
-        value = config.get(key)
-        if isinstance(value, dict) and need <= set(value):
-            return value
-    for value in config.values():
-        if isinstance(value, dict) and need <= set(value):
-            return value
-    return None
-
-
-def _first(config: dict[str, Any], *paths: str) -> Any:
-    """The first present value among dotted key paths (``"data.manifest"``)."""
-    for dotted in paths:
-        node: Any = config
-        for key in dotted.split("."):
-            if not isinstance(node, dict) or key not in node:
-                node = None
-                break
-            node = node[key]
-        if node not in (None, ""):
-            return node
-    return None
+        return self.record.head_name
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -170,28 +133,15 @@ def read_run(run: str | Path, cache_dir: str | Path = "cache") -> RunData:
     rows = _read_csv(pred_path)
     if not rows:
         raise RunError(f"Expected prediction rows in {pred_path}; got only a header. Fix: rerun fit-head.")
-    p_cols = [c for c in rows[0] if c.startswith("p_")]
-    labels_cfg = _first(config, "labels", "classes", "head.record.classes", "head.classes")
-    classes = [str(c) for c in labels_cfg] if isinstance(labels_cfg, list) else [c[2:] for c in p_cols]
+    record = loaded.record
+    classes = list(record.labels)
     missing = [f"p_{c}" for c in classes if f"p_{c}" not in rows[0]]
     if missing:
         raise RunError(
             f"Expected a probability column per label ({', '.join('p_' + c for c in classes)}) in {pred_path}; "
             f"got columns {', '.join(rows[0])}. Fix: rerun fit-head."
         )
-    if len(classes) != 2:
-        raise DataError(
-            f"The report handles two-class runs (e.g. covid vs normal); run {path.name} has "
-            f"{len(classes)} labels ({', '.join(classes)}). Fix: train on two labels."
-        )
-    positive = _first(config, "positive_label", "positive", "labels_positive")
-    if positive is None:
-        positive = "covid" if "covid" in classes else None
-    if positive not in classes:
-        raise DataError(
-            f"Expected the run's positive label among {classes}; got {positive!r} in {path / 'config.json'}. "
-            "Fix: rerun fit-head with --positive-label."
-        )
+    positive = record.positive
     negative = next(c for c in classes if c != positive)
     try:
         proba = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=float)
@@ -211,38 +161,14 @@ def read_run(run: str | Path, cache_dir: str | Path = "cache") -> RunData:
     return RunData(
         path=path, run_id=loaded.run_id, config=config, metrics=loaded.metrics, classes=classes,
         positive=str(positive), negative=negative, rows=rows, proba=proba, history=history,
-        split_rows=split_rows,
+        split_rows=split_rows, record=record,
     )
 
 
 def head_locations(run: RunData) -> dict[int, tuple[Path, dict[str, Any]]]:
-    """fold → (folder, head record): ``{-1: …}`` for a holdout run, one entry per fold for k-fold runs.
-
-    Reads ``config["head"]["heads"]`` (``[{"fold", "folder", "record"}, …]``, as
-    fit-head writes it); a bare record under ``config["head"]["record"]`` is
-    accepted as the head of a holdout run.
-    """
-    head = run.config.get("head")
-    out: dict[int, tuple[Path, dict[str, Any]]] = {}
-    if not isinstance(head, dict):
-        return out
-    entries = head.get("heads")
-    if isinstance(entries, list):
-        for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("record"), dict):
-                continue
-            fold = entry.get("fold")
-            f = -1 if fold is None else int(fold)
-            folder = entry.get("folder") or ""
-            if Path(folder).is_absolute() or ".." in Path(folder).parts:
-                raise RunError(
-                    f"Expected head folders inside run {run.path}; got {folder!r} in its config.json. "
-                    "Fix: rerun fit-head."
-                )
-            out[f] = (run.path / folder if folder else run.path, entry["record"])
-    elif isinstance(head.get("record"), dict):
-        out[-1] = (run.path, head["record"])
-    return out
+    """fold → (folder, head record): ``{-1: …}`` for a holdout run, one entry per fold for k-fold runs."""
+    return {(-1 if h.fold is None else h.fold): (run.path / h.folder if h.folder else run.path, h.record)
+            for h in run.record.heads}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,17 +239,6 @@ def _argmax_positive(proba: np.ndarray, classes: Sequence[str], positive: str) -
     return np.argmax(proba, axis=1) == list(classes).index(positive)
 
 
-def _youden(y_val: np.ndarray, p_val: np.ndarray) -> tuple[float | None, str | None]:
-    if len(y_val) == 0:
-        return None, "no validation rows: no threshold can be chosen without touching the test data"
-    if y_val.all() or not y_val.any():
-        return None, "the validation rows hold one class only: Youden's J is undefined"
-    try:
-        return metrics.youden_threshold(y_val, p_val), None
-    except UsageError as exc:
-        return None, str(exc)
-
-
 def score_run(run: RunData, n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
     """Every test-set number of one run: argmax table, Youden table, ranking, calibration, folds."""
     labels = run.column("label")
@@ -350,23 +265,27 @@ def score_run(run: RunData, n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, A
         "ranking": ranking_metrics(y, p, g, n_resamples),
         "calibration": calibration_summary(y, p),
     }
-    # Youden's J on validation rows (per fold for k-fold runs), applied to the test rows.
+    # The threshold fit-head chose on validation rows and recorded (per fold for k-fold runs).
     youden_pos = np.zeros(len(labels), dtype=bool)
     thresholds: dict[str, float | None] = {}
     notes: list[str] = []
     usable = np.zeros(len(labels), dtype=bool)
     for f in sorted(set(fold.tolist())):
         in_f = fold == f
-        val = in_f & (part == "val")
-        thr, note = _youden(y_all[val], p_all[val])
+        thr = run.record.fold_threshold(f)
         key = "all" if f < 0 else f"fold {f}"
         thresholds[key] = thr
         if thr is None:
-            notes.append(f"{key}: {note}")
+            notes.append(f"{key}: validation gave no threshold ({run.record.decision.note})")
             continue
         usable |= in_f & test
         youden_pos[in_f] = p_all[in_f] >= thr
-    youden: dict[str, Any] = {"thresholds": thresholds, "notes": notes, "chosen_on": "validation rows"}
+    from xrayfx.study.decision import RULE, describe
+
+    dec = run.record.decision
+    youden: dict[str, Any] = {"thresholds": thresholds, "notes": notes, "chosen_on": "validation rows",
+                              "rule": dec.rule, "how": describe(dec.rule, dec.threshold) if not run.is_kfold
+                              else f"each fold's own threshold ({RULE}), recorded by fit-head"}
     if usable[test].all():
         youden.update(decision_metrics(y, youden_pos[test], g, run.positive, run.negative, n_resamples))
         youden["available"] = True
@@ -462,24 +381,17 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     from xrayfx.pipeline import extract
 
     notes: list[str] = []
-    model = run.model_dict
-    if model is None:
-        return None, ["the run records no model configuration: the source probe cannot embed its images"]
-    manifest = _first(run.config, "manifest.path", "data.path", "data.manifest", "manifest_path", "data_path",
-                      "manifest", "data")
-    if not isinstance(manifest, str):
-        return None, ["the run records no data path: the source probe cannot find its images"]
+    model, manifest = run.record.model, run.record.data_path
     if not Path(manifest).exists():
         return None, [f"the run's data {manifest} no longer exists: source probe not run"]
-    recorded = _first(run.config, "manifest.sha256", "data.sha256", "manifest_sha256", "data_sha256")
-    if isinstance(recorded, str) and Path(manifest).is_file():
+    recorded = run.record.data_sha256
+    if Path(manifest).is_file():
         from xrayfx.util import sha256_file
 
         if sha256_file(manifest) != recorded:
             notes.append(f"{manifest} changed since the run was trained; only images listed in the run's "
                          "split are used")
-    runtime = str(run.config.get("runtime") or "onnxruntime")
-    precision = str(run.config.get("precision") or "fp32")
+    runtime, precision = run.record.runtime, run.record.precision
     config = ModelConfig.from_dict(model)
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
@@ -506,15 +418,10 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
     from xrayfx.heads.persist import load_head
     from xrayfx.runtimes import make_extractor
 
-    model = run.model_dict
     heads = head_locations(run)
-    if model is None or not heads:
-        return {"ran": False, "reason": "the run records no model configuration or head: ablation not run"}
-    config = ModelConfig.from_dict(model)
+    config = ModelConfig.from_dict(run.model_dict)
     exported = export_model(config, cache_dir)
-    runtime = str(run.config.get("runtime") or "onnxruntime")
-    precision = str(run.config.get("precision") or "fp32")
-    extractor = make_extractor(exported, runtime, precision, "cpu")
+    extractor = make_extractor(exported, run.record.runtime, run.record.precision, "cpu")
     part, fold = run.column("split"), run.fold
     paths, labels = run.column("path"), run.column("label")
     test = np.flatnonzero(part == "test")
@@ -612,13 +519,15 @@ def audit_run(
 
 def composition(run: RunData, rows: list[dict[str, str]]) -> dict[str, Any]:
     """Images and patients per part (per test fold for k-fold runs) and label; images per label and source."""
-    part_of = {r["image_id"]: (r.get("split", ""), int(r.get("fold", "-1") or -1)) for r in run.split_rows}
     parts: dict[str, dict[str, int]] = {}
     patients: dict[str, set[str]] = {}
     if run.split_rows:
-        kfold = any(f >= 0 for _, f in part_of.values())
+        kfold = any(int(r.get("fold", "-1") or -1) >= 0 for r in run.split_rows)
         for r in sorted(run.split_rows, key=lambda r: int(r.get("fold", "-1") or -1)):
-            key = f"fold {r.get('fold')} (test)" if kfold else r.get("split", "")
+            part = r.get("part") or r.get("split", "")
+            if kfold and part != "test":
+                continue
+            key = f"fold {r.get('fold')} (test)" if kfold else part
             parts.setdefault(key, {}).setdefault(r.get("label", ""), 0)
             parts[key][r.get("label", "")] += 1
             patients.setdefault(key, set()).add(r.get("patient_id") or r["image_id"])
@@ -631,7 +540,7 @@ def composition(run: RunData, rows: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "parts": parts,
         "patients": {k: len(v) for k, v in patients.items()},
-        "n_images": len(run.split_rows) or len(rows),
+        "n_images": len({r["image_id"] for r in run.split_rows}) or len(rows),
         "by_source": by_source,
         "n_folds": int(run.fold.max()) + 1 if run.is_kfold else 0,
     }
@@ -670,7 +579,7 @@ def _default_cache_dir(run: str | Path) -> Path:
 
 def describe_run(run: RunData) -> dict[str, Any]:
     """The facts about a run that the report states: backbone, weights, head, balance, split."""
-    model = run.model_dict or {}
+    model = run.model_dict
     weights = model.get("weights") or {}
     kind = weights.get("kind")
     if kind == "none":
@@ -682,9 +591,7 @@ def describe_run(run: RunData) -> dict[str, Any]:
     else:
         wtext = "weights not recorded"
     prep = model.get("preprocessing") or {}
-    balance = run.config.get("balance")
-    if isinstance(balance, dict):
-        balance = balance.get("method") or balance.get("name") or balance.get("kind")
+    balance = run.record.balance
     return {
         "run_id": run.run_id,
         "path": str(run.path),
@@ -699,8 +606,8 @@ def describe_run(run: RunData) -> dict[str, Any]:
         "classes": run.classes,
         "split_kind": "kfold" if run.is_kfold else "holdout",
         "n_folds": int(run.fold.max()) + 1 if run.is_kfold else 0,
-        "runtime": run.config.get("runtime"),
-        "precision": run.config.get("precision"),
+        "runtime": run.record.runtime,
+        "precision": run.record.precision,
         "fingerprint": model.get("fingerprint"),
     }
 
@@ -793,7 +700,6 @@ __all__ = [
     "RunData",
     "build_report",
     "decision_metrics",
-    "find_model_dict",
     "head_locations",
     "paper_comparison",
     "ranking_metrics",
