@@ -29,7 +29,7 @@ import numpy as np
 from xrayfx import metrics
 from xrayfx.metrics import DEFAULT_RESAMPLES
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
-from xrayfx.report import audit
+from xrayfx.report import audit, external
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
 
 CONFIDENCE = 0.95
@@ -662,6 +662,7 @@ def build_report(
             "paper": paper_comparison(run.backbone, scores["argmax"]),
             "audit": audit_res,
             "history": run.history,
+            "external": external.collect(run, scores),
         }
         entry["figures"] = []
         for fig in figs.run_figures(run, entry, example):

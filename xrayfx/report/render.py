@@ -19,7 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xrayfx.report import external
 from xrayfx.report.figures import Figure, run_label
+from xrayfx.report.operating import operating_table, youden_table
 from xrayfx.util import atomic_write_bytes, atomic_write_text
 
 Cell = str | list[str]
@@ -115,43 +117,6 @@ def _paper_line(cell: dict[str, Any], digits: int = 2) -> str:
     paper = f"{cell['paper']:.{digits}f}" if digits else str(cell["paper"])
     diff = cell["difference"]
     return f"paper {paper}, Δ {'n/a' if _nan(diff) else signed(diff, digits)}"
-
-
-def youden_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
-    """The same layout at the threshold chosen on the validation rows (Youden's J)."""
-    headers = ["backbone", "threshold (from validation)", *TABLE2_HEADERS[1:]]
-    rows = []
-    for e in data["runs"]:
-        yd = e["scores"]["youden"]
-        thr = ", ".join(f"{k}: {num(v, 3)}" if k != "all" else num(v, 3) for k, v in yd["thresholds"].items())
-        if not yd.get("available"):
-            rows.append([run_label(e), thr or "n/a", *(["not available"] * (len(headers) - 2))])
-            continue
-        row: list[Cell] = [run_label(e), f"p({e['run']['positive']}) ≥ {thr}"]
-        for _key, side, metric in _TABLE2_KEYS:
-            row.append(with_ci(yd[side][metric]))
-        row += [str(yd["counts"][c]) for c in ("tp", "fp", "fn", "tn")]
-        row.append(with_ci(yd["accuracy"]))
-        rows.append(row)
-    return headers, rows
-
-
-def operating_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
-    """Sensitivity, specificity, PPV, NPV, F1 and accuracy at both decisions, with intervals and counts."""
-    headers = ["backbone", "decision", "sensitivity", "specificity", "PPV", "NPV", "F1 (positive)",
-               "balanced accuracy"]
-    rows = []
-    for e in data["runs"]:
-        for name, d in (("argmax (paper)", e["scores"]["argmax"]), ("Youden (validation)", e["scores"]["youden"])):
-            if name.startswith("Youden") and not d.get("available"):
-                rows.append([run_label(e), name, *(["not available"] * 6)])
-                continue
-            rows.append([
-                run_label(e), name, with_counts(d["sensitivity"]), with_counts(d["specificity"]),
-                with_counts(d["ppv"]), with_counts(d["npv"]), with_ci(d["positive"]["f1"]),
-                num(d["balanced_accuracy"]),
-            ])
-    return headers, rows
 
 
 def ranking_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
@@ -281,8 +246,10 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                  else "a train/validation/test split by patient")
         if r.get("balance") and r["balance"] != "none":
             split += f", classes balanced with {r['balance']}"
+        confound = external.confound_sentence(e)
         out.append(
-            f"**{run_label(e)}** (run {r['run_id']}): {head_words} on features of a frozen "
+            f"**{run_label(e)}** (run {r['run_id']}): " + (f"{confound} It is " if confound else "")
+            + f"{head_words} on features of a frozen "
             f"{r['backbone']} network ({r['weights']}), trained to tell {r['positive']} from {r['negative']} "
             f"with {comp['n_images']} images in all ({sources}) and {split}."
             + (" The network's weights are random: these features carry no ImageNet knowledge."
@@ -308,8 +275,9 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         yd = s["youden"]
         if yd.get("available"):
             out.append(
-                f"At a threshold chosen on the validation images (Youden's J), sensitivity is "
-                f"{with_ci(yd['sensitivity'])} and specificity {with_ci(yd['specificity'])}."
+                f"At the run's recorded {yd.get('how', 'threshold, chosen on the validation images')}, the one "
+                f"predict and evaluate apply, sensitivity is {with_ci(yd['sensitivity'])} and specificity "
+                f"{with_ci(yd['specificity'])}."
             )
         abl = e["audit"].get("ablation") or {}
         if abl.get("ran"):
@@ -319,7 +287,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                 f"{num(abl['masked']['balanced_accuracy'])} where 0.5 is chance. "
                 + ("It still separates the classes well without the lungs: it relies on something else."
                    if abl.get("flag") else "That is below the 0.7 flag: no sign that it relies on what lies "
-                   "outside the lungs.")
+                   "outside the lungs." if ((rk.get("auroc") or {}).get("lo") or 0) > 0.7 else "The unmasked "
+                   "model's AUROC interval does not lie above 0.7, so the ablation cannot tell what it relies on.")
             )
         warns = e["audit"]["warnings"]
         if warns:
@@ -367,9 +336,11 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
     for e in data["runs"]:
         notes += [f"{e['run']['backbone']}: {t}" for t in e["paper"]["notes"]]
         s = e["scores"]
+        sizes_differ = (s["n_test_positive"], s["n_test_negative"]) != (42, 282)
         notes.append(f"{run_label(e)}: our test set holds {s['n_test_positive']} {e['run']['positive']} and "
                      f"{s['n_test_negative']} {e['run']['negative']} images; the paper's held 42 COVID-19 and 282 "
-                     "normal, so differences in the counts TP/FP/FN/TN mostly reflect the test set's size.")
+                     "normal" + (", so differences in the counts TP/FP/FN/TN mostly reflect the test set's size."
+                                 if sizes_differ else ", the same sizes."))
     b.append(("ul", list(dict.fromkeys(notes))))
 
     b.append(("h", 2, "What the paper leaves out"))
@@ -381,12 +352,14 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
                    "ECE: expected calibration error over 10 bins."))
     b.append(("table", "Ranking and calibration on the test images", *ranking_table(data)))
     b.append(("h", 3, "Sensitivity, specificity, PPV and NPV"))
-    b.append(("p", "At the paper's argmax decision and at a threshold chosen on the validation images by Youden's "
-                   "J (sensitivity + specificity − 1), never on the test images. Proportions: Wilson intervals "
+    b.append(("p", "At the paper's argmax decision and at the run's recorded threshold, which fit-head chose on the "
+                   "validation images (midpoint of the interval maximising Youden's J), never on the test images, "
+                   "and which predict and evaluate apply. Proportions: Wilson intervals "
                    f"with their counts; F1: patient bootstrap ({n_res} resamples)."))
     b.append(("table", "Operating characteristics", *operating_table(data)))
     b.append(("h", 3, "Table 2 at the threshold chosen on the validation images"))
-    b.append(("table", "Second table — threshold from the validation part (Youden's J)", *youden_table(data)))
+    b.append(("table", "Second table — the run's recorded threshold (midpoint of the validation interval maximising "
+                       "Youden's J)", *youden_table(data)))
     ynotes = [f"{run_label(e)}: {t}" for e in data["runs"] for t in e["scores"]["youden"]["notes"]]
     if ynotes:
         b.append(("ul", ynotes))
@@ -396,6 +369,7 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
             b.append(("p", "Each fold's model scored on that fold's test images, at the argmax decision. The "
                            "pooled tables above count every image once, scored by the fold that held it out."))
             b.append(("table", f"Per-fold test metrics — {run_label(e)}", *fold_table(e)))
+    b += external.blocks(data)
 
     b.append(("h", 2, "Data"))
     for e in data["runs"]:
@@ -450,8 +424,8 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
     b.append(("h", 2, "Methods"))
     b.append(("ul", [
         "Decision of Table 2: argmax of the predicted probabilities, as in the paper.",
-        "Second decision: the threshold on the positive-class probability that maximises Youden's J on the "
-        "validation rows (per fold for k-fold runs), applied unchanged to the test rows.",
+        "Second decision: the threshold fit-head recorded in the run, the midpoint of the interval of thresholds "
+        "maximising Youden's J on the validation rows (per fold for k-fold runs), applied unchanged to the test rows.",
         "Wilson score intervals for every proportion (precision, recall, sensitivity, specificity, PPV, NPV, "
         "accuracy).",
         f"Percentile bootstrap intervals for AUROC, PR-AUC and F1: {n_res} resamples of patients, with all of a "
