@@ -149,7 +149,18 @@ def test_table2_cells_show_ours_with_interval_then_the_paper_and_the_difference(
 # Scoring a run held in memory
 
 
-def _run_data(labels, p_pos, split, fold=None, patients=None) -> RunData:
+def _record(threshold=0.5, fold_thresholds=(0.5,), note=None, rule="youden"):
+    from xrayfx.study.record import Decision, RunRecord
+
+    return RunRecord(
+        format_version=2, run_id="mem", labels=("covid", "normal"), positive="covid", negative="normal", model={},
+        backbone="mobilenet", runtime="onnxruntime", precision="fp32", cache_dir=".", data_path="", data_sha256="",
+        split_kind="kfold" if len(fold_thresholds) > 1 else "holdout", head_name="logreg", heads=(), balance="none",
+        decision=Decision(threshold, rule, "covid", "normal", tuple(fold_thresholds), note), files={}, raw={},
+    )
+
+
+def _run_data(labels, p_pos, split, fold=None, patients=None, record=None) -> RunData:
     n = len(labels)
     fold = fold if fold is not None else [-1] * n
     patients = patients or [f"p{i}" for i in range(n)]
@@ -161,17 +172,26 @@ def _run_data(labels, p_pos, split, fold=None, patients=None) -> RunData:
     ]
     proba = np.column_stack([p_pos, 1 - np.asarray(p_pos)])
     return RunData(path=Path("."), run_id="mem", config={}, metrics={}, classes=["covid", "normal"],
-                   positive="covid", negative="normal", rows=rows, proba=proba, history=[], split_rows=[])
+                   positive="covid", negative="normal", rows=rows, proba=proba, history=[], split_rows=[],
+                   record=record or _record())
 
 
-def test_youden_threshold_comes_from_validation_rows_never_from_test_rows():
-    # validation: positives at 0.8/0.9, negatives at 0.1/0.2 -> threshold 0.8
-    # test: a positive at 0.6 would be caught by any test-chosen threshold <= 0.6
+def test_the_report_applies_the_runs_recorded_threshold_not_one_of_its_own():
+    # validation: positives at 0.8/0.9, negatives at 0.1/0.2 -> fit-head records the midpoint 0.5;
+    # the old report rule (top of the Youden interval, 0.8) would miss the test positive at 0.6
+    from xrayfx.study.decision import choose_threshold
+
     labels = ["covid", "covid", "normal", "normal", "covid", "covid", "normal", "normal"]
     p = [0.9, 0.8, 0.1, 0.2, 0.95, 0.6, 0.3, 0.05]
     split = ["val"] * 4 + ["test"] * 4
-    s = score_run(_run_data(labels, p, split), n_resamples=200)
-    assert s["youden"]["thresholds"] == {"all": 0.8}
+    chosen = choose_threshold(np.array(labels[:4]) == "covid", p[:4])
+    assert (chosen.lower, chosen.upper, chosen.value) == (0.2, 0.8, 0.5)
+    run = _run_data(labels, p, split, record=_record(chosen.value, (chosen.value,)))
+    s = score_run(run, n_resamples=200)
+    assert s["youden"]["thresholds"] == {"all": 0.5}
+    assert s["youden"]["counts"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 2, "n": 4}
+    # an edited record would move the operating point: the report follows the record, nothing else
+    s = score_run(_run_data(labels, p, split, record=_record(0.8, (0.8,))), n_resamples=200)
     assert s["youden"]["counts"] == {"tp": 1, "fp": 0, "fn": 1, "tn": 2, "n": 4}
     assert s["argmax"]["counts"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 2, "n": 4}
     assert s["ranking"]["auroc"]["value"] == 1.0 and s["ranking"]["auroc"]["n_resamples"] == 200
@@ -192,7 +212,8 @@ def test_kfold_runs_get_per_fold_metrics_and_their_spread():
     p = np.clip((np.array(labels) == "covid") * 0.5 + rng.random(n) * 0.5, 0.01, 0.99).tolist()
     fold = (np.arange(n) % 3).tolist()
     split = ["test"] * n
-    run = _run_data(labels, p, split, fold=fold)
+    note = "no validation rows: the decision threshold is 0.5 (argmax)"
+    run = _run_data(labels, p, split, fold=fold, record=_record(0.5, (None, None, None), note, "argmax (0.5)"))
     s = score_run(run, n_resamples=200)
     per = s["folds"]["per_fold"]
     assert [f["fold"] for f in per] == [0, 1, 2] and sum(f["n"] for f in per) == n
@@ -301,7 +322,7 @@ def test_report_of_two_real_runs_writes_every_file_figure_and_table(runs, sessio
 
     caps = " | ".join(page.captions)
     for table in ("Table 2 — argmax decision", "Ranking and calibration", "Operating characteristics",
-                  "Second table — threshold from the validation part", "Images and patients per part",
+                  "Second table — the run's recorded threshold", "Images and patients per part",
                   "Images per source and label", "Test metrics by source", "Test metrics by view",
                   "Test metrics by age group", "Source probe", "Masked-lung ablation"):
         assert caps.count(table) >= 1, table

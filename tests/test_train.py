@@ -24,7 +24,7 @@ import pytest
 from conftest import absolute_rows, write_manifest
 from xrayfx.exceptions import BalanceError, IntegrityError, LeakageError, UsageError
 from xrayfx.runs import load_run, resolve_run
-from xrayfx.splits import read_split
+from xrayfx.study.parts import read_parts
 from xrayfx.train import fit_head, predict
 from xrayfx.util import sha256_file
 
@@ -78,6 +78,11 @@ def logreg_run(real_manifest, mobilenet_config, mobilenet_export, session_cache)
 def paper_run(real_manifest, mobilenet_config, mobilenet_export, session_cache):
     """The paper's head with all its defaults (100 epochs, SGD 1e-4, batch 8, SMOTE)."""
     return _fit(real_manifest, mobilenet_config, session_cache, "train-paper", head="paper")
+
+
+def _split_of(run):
+    """The run's split.csv as a holdout-shaped Split (its first fold for k-fold runs)."""
+    return read_parts(run.path / "split.csv", seed=0, val_size=0.15).base
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -140,7 +145,7 @@ def test_predictions_have_one_row_per_validation_and_test_image(logreg_run):
     preds = _read_csv(logreg_run.path / "predictions.csv")
     with open(logreg_run.path / "predictions.csv") as f:
         assert f.readline().strip().split(",") == PRED_COLUMNS
-    split = read_split(logreg_run.path / "split.csv")
+    split = _split_of(logreg_run)
     for part in ("val", "test"):
         want = sorted(split.image_id[split.split == part].tolist())
         got = sorted(r["image_id"] for r in preds if r["split"] == part)
@@ -155,12 +160,12 @@ def test_predictions_have_one_row_per_validation_and_test_image(logreg_run):
 
 
 def test_threshold_is_chosen_on_validation_rows_only(logreg_run):
-    from xrayfx.metrics import youden_threshold
+    from xrayfx.metrics import youden_interval
 
     val = [r for r in _read_csv(logreg_run.path / "predictions.csv") if r["split"] == "val"]
     y = np.array([r["label"] == "covid" for r in val])
     p = np.array([float(r["p_covid"]) for r in val])
-    upper = youden_threshold(y, p)
+    upper = youden_interval(y, p)[1]
     midpoint = (upper + p[p < upper].max()) / 2  # same validation decisions, a margin on both sides
     assert ((p >= midpoint) == (p >= upper)).all()
     assert logreg_run.config["decision"]["threshold"] == midpoint
@@ -231,10 +236,10 @@ def _leaky_split(run, tmp_path) -> tuple[Path, str]:
     rows = _read_csv(run.path / "split.csv")
     by_patient: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        if r["split"] == "train" and r["patient_id"]:
+        if r["part"] == "train" and r["patient_id"]:
             by_patient.setdefault(r["patient_id"], []).append(i)
     patient = sorted(p for p, idx in by_patient.items() if len(idx) >= 2)[0]
-    rows[by_patient[patient][0]]["split"] = "test"
+    rows[by_patient[patient][0]]["part"] = "test"
     path = tmp_path / "leaky.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -261,7 +266,7 @@ def test_smote_changes_only_the_training_set_size(logreg_run, real_manifest, mob
     none = _fit(real_manifest, mobilenet_config, session_cache, "train-none", head="logreg", balance="none",
                 split=split_file)
     smote = logreg_run  # same split (made with the same seed), balance smote
-    split = read_split(split_file)
+    split = read_parts(split_file, seed=0, val_size=0.15).base
     n_train = int((split.split == "train").sum())
     b_none, b_smote = none.config["balance"]["per_fold"][0], smote.config["balance"]["per_fold"][0]
     assert b_none["n_before"] == b_none["n_after"] == n_train
@@ -332,7 +337,7 @@ def test_kfold_trains_one_head_per_fold_and_tests_every_image_once(real_rows, tm
     assert {f"fold-{f}/head.skops" for f in range(3)} <= set(run.config["files"])
     preds = _read_csv(run.path / "predictions.csv")
     test = [r for r in preds if r["split"] == "test"]
-    assert sorted(r["image_id"] for r in test) == sorted(read_split(run.path / "split.csv").image_id.tolist())
+    assert sorted(r["image_id"] for r in test) == sorted(_split_of(run).image_id.tolist())
     assert {r["fold"] for r in test} == {"0", "1", "2"}
     m = run.metrics
     assert len(m["folds"]) == 3 and m["across_folds"]["test_auroc"]["n"] == 3
