@@ -69,6 +69,7 @@ from xrayfx.splits import (
     split_summary,
     write_split,
 )
+from xrayfx.study.groups import link_near_duplicates
 from xrayfx.util import library_versions, sha256_bytes, sha256_file
 
 #: Flags of the paper's head (``--epochs`` …) and the PaperHead parameters they set.
@@ -567,6 +568,10 @@ def fit_head(
 
     # ----- split
     pids = rows.column("patient_id")
+    # ----- near-duplicates under different patient ids: one split group, reported (xrayfx.study.groups)
+    near_dups = link_near_duplicates(rows.paths, rows.ids, pids, cache_dir=cache_dir, log=log,
+                                     merge=split_file is None)
+    pids = near_dups.split_ids
     split_source: dict[str, Any] = {"file": None}
     if split_file is not None:
         sp = read_split(split_file)
@@ -603,6 +608,7 @@ def fit_head(
     try:
         write_split(sp, writer.path(SPLIT_FILE))
         writer.add(SPLIT_FILE)
+        near_dups.write(writer)  # image_hashes.csv, near_duplicates.csv
         jitter = {"params": jparams, "runtime": runtime, "precision": precision, "device": device,
                   "batch_size": batch_size, "workers": workers, "progress": progress}
         results: list[_FoldResult] = []

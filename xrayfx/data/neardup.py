@@ -20,6 +20,8 @@ under a cache folder), written atomically.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from xrayfx.exceptions import CacheError, UsageError
+from xrayfx.exceptions import CacheError, DataError, UsageError
 from xrayfx.images import decode_image_bytes
 from xrayfx.util import atomic_write_json, sha256_bytes
 
@@ -42,10 +44,12 @@ __all__ = [
     "format_hash",
     "hamming_distance",
     "hash_cache_path",
+    "image_hashes_csv",
     "near_duplicate_pairs",
     "parse_hash",
     "perceptual_hash_image",
     "perceptual_hashes",
+    "read_image_hashes",
 ]
 
 #: Bits per hash.
@@ -53,7 +57,7 @@ HASH_BITS = 64
 #: Name and version of the hash; a cache written by another method is not read.
 HASH_METHOD = "centred-dct-phash-64-v1"
 #: Largest Hamming distance (of 64 bits) at which two images count as near-duplicates.
-DEFAULT_MAX_DISTANCE = 10
+DEFAULT_MAX_DISTANCE = 6
 #: File name of the hash cache inside a cache folder.
 HASH_CACHE_NAME = "image_hashes.json"
 
@@ -188,6 +192,38 @@ def parse_hash(text: str) -> np.uint64:
         return np.uint64(int(s, 16))
     except ValueError as e:
         raise UsageError(f"Expected a perceptual hash as 16 hex digits; got {text!r}.") from e
+
+
+def image_hashes_csv(image_ids: Sequence[str], hashes: Sequence[int] | np.ndarray) -> str:
+    """CSV text ``image_id,phash`` (one row per distinct image id, sorted), as a run stores it."""
+    if len(image_ids) != len(hashes):
+        raise UsageError(f"Expected one hash per image id ({len(image_ids)}); got {len(hashes)}.")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "phash"])
+    for image_id, value in sorted({str(i): int(h) for i, h in zip(image_ids, hashes)}.items()):
+        w.writerow([image_id, format_hash(value)])
+    return buf.getvalue()
+
+
+def read_image_hashes(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Image ids and uint64 hashes from a file written with :func:`image_hashes_csv`."""
+    path = Path(path)
+    fix = "Fix: rerun fit-head to write it again."
+    if not path.is_file():
+        raise DataError(f"Expected an image hash file at {path}; got nothing there. {fix}")
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+    if reader.fieldnames is None or not {"image_id", "phash"} <= set(reader.fieldnames):
+        raise DataError(f"Expected columns image_id,phash in {path}; got {reader.fieldnames}. {fix}")
+    ids: list[str] = []
+    values: list[np.uint64] = []
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            values.append(parse_hash(row["phash"] or ""))
+        except UsageError as e:
+            raise DataError(f"Line {lineno} of {path}: {e} {fix}") from e
+        ids.append(row["image_id"] or "")
+    return ids, np.array(values, dtype=np.uint64)
 
 
 def _check_distance(value: Any) -> int:

@@ -1,0 +1,1 @@
+"""Study layer: splits, balancing, heads, runs, decisions, fitting, prediction and evaluation."""
