@@ -271,8 +271,8 @@ def paper_command(
         "--cohen-metadata", help="metadata.csv to use instead of the one in --cohen.")] = None,
     n_covid: Annotated[int, typer.Option("--n-covid", help="COVID images to draw.")] = PAPER_N_COVID,
     n_normal: Annotated[Optional[int], typer.Option(
-        "--n-normal", help=f"Normal images to draw [default: {PAPER_N_NORMAL} from kermany, all from nih or "
-                           "nih+cohen].", show_default=False)] = None,
+        "--n-normal", help=f"Normal images to draw (default: {PAPER_N_NORMAL} from kermany, all available from nih "
+                           "or nih+cohen).", show_default=False)] = None,
     normal_source: Annotated[str, typer.Option(
         "--normal-source", help="kermany (alias mooney; the paper's), nih, or nih+cohen (adult control).",
     )] = "kermany",
