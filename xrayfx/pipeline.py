@@ -84,10 +84,16 @@ class ExtractResult:
 
 
 def _name_duplicates(duplicates: dict[str, list[str]], shown: int = 3) -> str:
-    """``a.png = b.png; …`` for the first few sets of byte-identical files (file names only)."""
-    sets = sorted(sorted(Path(p).name for p in paths) for paths in duplicates.values())
-    text = "; ".join(" = ".join(names) for names in sets[:shown])
+    """``a.png = b.png; c.png listed 2 times; …`` for the first few sets of byte-identical files."""
+    sets = sorted(sorted(paths) for paths in duplicates.values())
+    text = "; ".join(_one_duplicate_set(paths) for paths in sets[:shown])
     return text + (f"; … ({len(sets)} sets in all)" if len(sets) > shown else "")
+
+
+def _one_duplicate_set(paths: list[str]) -> str:
+    names = [Path(p).name for p in dict.fromkeys(paths)]  # distinct paths, file names only
+    text = " = ".join(names)
+    return text + (f" (listed {len(paths)} times)" if len(names) == 1 else "")
 
 
 def cache_group_for(config: ModelConfig, runtime: str = "onnxruntime", precision: str = "fp32") -> str:
