@@ -190,7 +190,13 @@ def internal_test(run: Path) -> dict[str, Any]:
     """The internal test part's metrics from RUN/metrics.json, whatever its exact layout."""
     metrics = json.loads((run / "metrics.json").read_text())
     test = metrics.get("test") or metrics.get("holdout", {}).get("test") or {}
-    return test if isinstance(test, dict) else {}
+    test = dict(test) if isinstance(test, dict) else {}
+    conf = test.get("confusion") or (test.get("youden") or {}).get("confusion")  # at the shipped threshold
+    if "sensitivity" not in test and isinstance(conf, dict) and {"tp", "fn", "tn", "fp"} <= set(conf):
+        pos, neg = conf["tp"] + conf["fn"], conf["tn"] + conf["fp"]
+        test["sensitivity"] = conf["tp"] / pos if pos else None
+        test["specificity"] = conf["tn"] / neg if neg else None
+    return test
 
 
 def table(runs: list[Path]) -> None:
