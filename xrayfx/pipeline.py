@@ -74,7 +74,8 @@ class ExtractResult:
         head = f"{n_files:,} files: {len(set(self.ids)):,} embedded ({self.n_new:,} new, {self.n_cached:,} from cache)"
         if self.duplicates:
             extra = sum(len(v) - 1 for v in self.duplicates.values())
-            head += f", {extra:,} byte-identical duplicate{'s' if extra != 1 else ''} ({_name_duplicates(self.duplicates)})"
+            plural = "s" if extra != 1 else ""
+            head += f", {extra:,} byte-identical duplicate{plural} ({_name_duplicates(self.duplicates)})"
         parts = [head]
         if self.n_new:
             parts.append(f"{self.images_per_s:.1f} images/s")

@@ -283,8 +283,9 @@ def paper_command(
 
     COVID images are taken patient by patient in a seeded order, all PA before AP, all AP before AP Supine.
 
-    Normals are taken patient by patient, in the same seeded order, from the chosen source. Without --n-normal: the paper's
-    939 from kermany, every available normal from nih or nih+cohen.
+    Normals are taken patient by patient, in the same seeded order, from the chosen source.
+
+    Without --n-normal: the paper's 939 from kermany, every available normal from nih or nih+cohen.
 
     Give either --manifest FILE or --cohen DIR with --kermany DIR and/or --nih DIR.
     """

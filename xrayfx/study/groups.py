@@ -53,6 +53,7 @@ NEAR_DUPLICATES_FILE = "near_duplicates.csv"
 #: Joins the patient ids of a merged group (``cohen-178+cohen-97``).
 MERGED_ID_SEPARATOR = "+"
 _SHOWN = 5  # linked pairs named in the log
+Ids = Sequence[str] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def _label(patient_id: str, image_id: str) -> str:
 
 
 def cross_group_pairs(
-    image_ids: Sequence[str], patient_ids: Sequence[str], hashes: np.ndarray, max_distance: int | None = None
+    image_ids: Ids, patient_ids: Ids, hashes: np.ndarray, max_distance: int | None = None
 ) -> list[NearDuplicateLink]:
     """Near-duplicate pairs of rows that :func:`xrayfx.splits.group_codes` puts in different groups."""
     image = np.asarray(image_ids).astype(str)
@@ -131,7 +132,7 @@ def cross_group_pairs(
 
 
 def merge_linked_groups(
-    image_ids: Sequence[str], patient_ids: Sequence[str], links: Sequence[tuple[int, int]]
+    image_ids: Ids, patient_ids: Ids, links: Sequence[tuple[int, int]]
 ) -> np.ndarray:
     """Patient ids to split by: the groups joined by ``links`` (row pairs) share one merged id.
 
@@ -172,9 +173,9 @@ def original_patient_ids(split_id: str) -> list[str]:
 
 
 def link_near_duplicates(
-    paths: Sequence[str | Path],
-    image_ids: Sequence[str],
-    patient_ids: Sequence[str],
+    paths: Sequence[str | Path] | np.ndarray,
+    image_ids: Ids,
+    patient_ids: Ids,
     *,
     cache_dir: str | Path,
     max_distance: int | None = None,
