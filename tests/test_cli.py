@@ -58,7 +58,7 @@ def test_phantoms_and_extract_and_cache_ls(tmp_path):
     proc = run_cli("extract", "--model", "mobilenet", "--weights", str(MOBILENET_WEIGHTS), "--data",
                    str(out / "manifest.csv"), "--cache-dir", str(cache))
     assert proc.returncode == 0, proc.stderr
-    assert "12 images embedded (12 new, 0 from cache)" in proc.stdout
+    assert "12 files: 12 embedded (12 new, 0 from cache)" in proc.stdout
     ls = run_cli("cache", "ls", "--cache-dir", str(cache))
     assert ls.returncode == 0 and "mobilenet" in ls.stdout and "12" in ls.stdout
 

@@ -198,6 +198,23 @@ def test_data_paper_too_many_exit_2(tmp_path, capsys):
 
 
 @needs_shared
+@pytest.mark.parametrize("choice, sources", [("nih", {"nih"}), ("nih+cohen", {"nih", "cohen"})])
+def test_data_paper_adult_normals_take_all_available_without_n_normal(choice, sources, tmp_path, capsys):
+    with open(CXR_MANIFEST, newline="") as f:
+        available = sum(r["label"] == "normal" and r["source"] in sources for r in csv.DictReader(f))
+    out_csv = tmp_path / "adult.csv"
+    code, out, err = run(["data", "paper", "--manifest", str(CXR_MANIFEST), "--normal-source", choice,
+                          "--no-hash", "-o", str(out_csv)], capsys)
+    assert code == 0, err
+    assert sum(r["label"] == "normal" for r in read_rows(out_csv)) == available
+    assert f"took all {available} available normal images" in out
+    code, out, err = run(["data", "paper", "--manifest", str(CXR_MANIFEST), "--normal-source", choice,
+                          "--n-normal", "50", "--no-hash", "-o", str(out_csv)], capsys)
+    assert code == 0 and sum(r["label"] == "normal" for r in read_rows(out_csv)) == 50
+    assert "took all" not in out
+
+
+@needs_shared
 def test_data_paper_argument_errors_exit_2(tmp_path, cohen_dir, capsys):
     out = str(tmp_path / "p.csv")
     code, _, err = run(["data", "paper", "--manifest", str(CXR_MANIFEST), "--cohen", str(cohen_dir), "-o", out],

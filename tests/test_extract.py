@@ -66,6 +66,21 @@ def test_duplicate_files_share_one_row(tmp_path, shared_rows, mobilenet_config, 
     np.testing.assert_array_equal(res.embeddings[0], res.embeddings[3])
 
 
+def test_summary_counts_files_and_names_byte_identical_duplicates(tmp_path, shared_rows, mobilenet_config,
+                                                                    mobilenet_export):
+    """cohen-78 and cohen-201 are the same file bytes under two names."""
+    twins = [r for r in shared_rows if r["patient_id"] in ("cohen-78", "cohen-201")]
+    rows = absolute_rows(twins + [r for r in shared_rows if r["source"] == "nih"][:2])
+    res = extract(data=write_manifest(tmp_path / "twins.csv", rows), config=mobilenet_config,
+                  cache_dir=tmp_path / "cache", progress=False)
+    names = sorted(os.path.basename(r["path"]) for r in rows[:2])
+    assert len(twins) == 2 and res.summary().startswith(
+        f"4 files: 3 embedded (3 new, 0 from cache), 1 byte-identical duplicate ({names[0]} = {names[1]})")
+    again = extract(data=write_manifest(tmp_path / "twins.csv", rows), config=mobilenet_config,
+                    cache_dir=tmp_path / "cache", progress=False)
+    assert again.summary().startswith("4 files: 3 embedded (0 new, 3 from cache), 1 byte-identical duplicate (")
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -124,7 +124,7 @@ def test_run_folder_holds_every_file_with_its_sha256(logreg_run, real_manifest, 
     assert run.path == session_cache / "runs" / "train-logreg"
     files = run.config["files"]
     assert set(files) == {"split.csv", "head.skops", "history.csv", "predictions.csv", "metrics.json",
-                          "summary.txt"}
+                          "summary.txt", "image_hashes.csv", "near_duplicates.csv"}
     for name, digest in files.items():
         assert sha256_file(run.path / name) == digest
     c = run.config

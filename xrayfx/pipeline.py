@@ -69,15 +69,32 @@ class ExtractResult:
         return self.n_new / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
-        parts = [f"{len(self.ids)} images embedded ({self.n_new} new, {self.n_cached} from cache)"]
-        if self.n_new:
-            parts.append(f"{self.images_per_s:.1f} images/s")
+        """One line: files read, images embedded, byte-identical duplicates (named), speed, skipped."""
+        n_files = len(self.dataset.records) if self.dataset is not None else len(self.ids)
+        head = f"{n_files:,} files: {len(set(self.ids)):,} embedded ({self.n_new:,} new, {self.n_cached:,} from cache)"
         if self.duplicates:
             extra = sum(len(v) - 1 for v in self.duplicates.values())
-            parts.append(f"{extra} duplicate file(s) share a row")
+            plural = "s" if extra != 1 else ""
+            head += f", {extra:,} byte-identical duplicate{plural} ({_name_duplicates(self.duplicates)})"
+        parts = [head]
+        if self.n_new:
+            parts.append(f"{self.images_per_s:.1f} images/s")
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped (see {self.skipped_file})")
         return "; ".join(parts)
+
+
+def _name_duplicates(duplicates: dict[str, list[str]], shown: int = 3) -> str:
+    """``a.png = b.png; c.png listed 2 times; …`` for the first few sets of byte-identical files."""
+    sets = sorted(sorted(paths) for paths in duplicates.values())
+    text = "; ".join(_one_duplicate_set(paths) for paths in sets[:shown])
+    return text + (f"; … ({len(sets)} sets in all)" if len(sets) > shown else "")
+
+
+def _one_duplicate_set(paths: list[str]) -> str:
+    names = [Path(p).name for p in dict.fromkeys(paths)]  # distinct paths, file names only
+    text = " = ".join(names)
+    return text + (f" (listed {len(paths)} times)" if len(names) == 1 else "")
 
 
 def cache_group_for(config: ModelConfig, runtime: str = "onnxruntime", precision: str = "fp32") -> str:

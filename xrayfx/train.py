@@ -56,6 +56,7 @@ from xrayfx.splits import (
     read_split,
 )
 from xrayfx.study.decision import Threshold, choose_threshold, run_decision
+from xrayfx.study.groups import link_near_duplicates
 from xrayfx.study.options import PAPER_FLAGS, CheckedOptions, HeadOptions, check_options, parse_labels
 from xrayfx.study.parts import FoldParts, parts_of, parts_summary, read_parts, write_parts
 from xrayfx.study.predict import PredictResult, collect_inputs, predict, proba_in, write_stdout
@@ -338,6 +339,10 @@ def fit_head(
 
     # ----- split
     pids = rows.column("patient_id")
+    # ----- near-duplicates under different patient ids: one split group, reported (xrayfx.study.groups)
+    near_dups = link_near_duplicates(rows.paths, rows.ids, pids, cache_dir=cache_dir, log=log,
+                                     merge=split_file is None)
+    pids = near_dups.split_ids
     split_source: dict[str, Any] = {"file": None}
     if split_file is not None:
         parts = read_parts(split_file, seed=split_seed, val_size=val_size)
@@ -364,6 +369,7 @@ def fit_head(
     try:
         write_parts(parts, writer.path(SPLIT_FILE))
         writer.add(SPLIT_FILE)
+        near_dups.write(writer)  # image_hashes.csv, near_duplicates.csv
         jitter = {"params": jparams, "runtime": runtime, "precision": precision, "device": device,
                   "batch_size": batch_size, "workers": workers, "progress": progress}
         results: list[_FoldResult] = []

@@ -29,7 +29,7 @@ from xrayfx.sources import (
     read_nih,
     write_manifest,
 )
-from xrayfx.sources.paper import normal_sources
+from xrayfx.sources.paper import default_n_normal, normal_sources
 
 data_app = typer.Typer(
     help="Turn each public source's own layout into an xrayfx manifest; draw the paper's data set.",
@@ -270,7 +270,9 @@ def paper_command(
     cohen_metadata: Annotated[Optional[Path], typer.Option(
         "--cohen-metadata", help="metadata.csv to use instead of the one in --cohen.")] = None,
     n_covid: Annotated[int, typer.Option("--n-covid", help="COVID images to draw.")] = PAPER_N_COVID,
-    n_normal: Annotated[int, typer.Option("--n-normal", help="Normal images to draw.")] = PAPER_N_NORMAL,
+    n_normal: Annotated[Optional[int], typer.Option(
+        "--n-normal", help=f"Normal images to draw (default: {PAPER_N_NORMAL} from kermany, all available from nih "
+                           "or nih+cohen).", show_default=False)] = None,
     normal_source: Annotated[str, typer.Option(
         "--normal-source", help="kermany (alias mooney; the paper's), nih, or nih+cohen (adult control).",
     )] = "kermany",
@@ -282,6 +284,8 @@ def paper_command(
     COVID images are taken patient by patient in a seeded order, all PA before AP, all AP before AP Supine.
 
     Normals are taken patient by patient, in the same seeded order, from the chosen source.
+
+    Without --n-normal: the paper's 939 from kermany, every available normal from nih or nih+cohen.
 
     Give either --manifest FILE or --cohen DIR with --kermany DIR and/or --nih DIR.
     """
@@ -301,9 +305,13 @@ def paper_command(
             "expected --manifest FILE or --cohen DIR with --kermany DIR / --nih DIR, got neither; "
             "fix: for example --manifest ../shared/data/cxr/manifest.csv"
         )
-    comp = compose_paper(rows, n_covid=n_covid, n_normal=n_normal, normal_source=normal_source, seed=seed)
+    n_drawn = n_normal if n_normal is not None else default_n_normal(normal_source)
+    comp = compose_paper(rows, n_covid=n_covid, n_normal=n_drawn, normal_source=normal_source, seed=seed)
     write_manifest(comp.rows, output)
     out, _ = _consoles()
+    if n_drawn is None:
+        out.print(f"took all {len(comp.normal)} available normal images from {'+'.join(sources)} "
+                  "(no --n-normal given; pass --n-normal N to draw fewer)", highlight=False)
     out.print(f"wrote {len(comp.rows)} rows to {output} (seed {seed}, normal source {comp.normal_source}: "
               f"{', '.join(sources)}; drawn from {comp.available_covid} covid and "
               f"{comp.available_normal} eligible normal images)", highlight=False)

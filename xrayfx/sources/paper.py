@@ -12,6 +12,8 @@ is involved):
    drawn may be cut short).
 3. Normal images (label ``normal``) from the chosen source(s) are ordered by (patient rank,
    path) and the first ``n_normal`` are taken: whole patients, the last perhaps cut short.
+   Without ``n_normal`` the paper's 939 are drawn from kermany, and every available normal
+   from nih or nih+cohen (which hold fewer than 939 in ../shared).
 
 Normal sources: ``kermany`` (alias ``mooney``; the paper's, children), ``nih`` (adults),
 ``nih+cohen`` (adults: an age-matched control that still differs in source).
@@ -101,9 +103,25 @@ def select_covid(rows: list[Row], n: int, seed: int) -> list[Row]:
     return candidates[:n]
 
 
-def select_normal(rows: list[Row], n: int, seed: int, sources: tuple[str, ...]) -> list[Row]:
-    """``n`` rows labelled ``normal`` from ``sources``, patient by patient (module docstring, rule 3)."""
+def default_n_normal(normal_source: str) -> int | None:
+    """How many normals to draw when none is asked for: the paper's 939 from its own source
+    (kermany/mooney), every available one (None) from the adult controls nih and nih+cohen."""
+    return PAPER_N_NORMAL if normal_sources(normal_source) == ("mooney",) else None
+
+
+def select_normal(rows: list[Row], n: int | None, seed: int, sources: tuple[str, ...]) -> list[Row]:
+    """``n`` rows labelled ``normal`` from ``sources``, patient by patient (module docstring, rule 3).
+
+    ``n=None`` takes every one of them (DataError when there are none).
+    """
     candidates = [r for r in rows if r.get("label") == "normal" and r.get("source") in sources]
+    if n is None:
+        if not candidates:
+            raise DataError(
+                f"expected normal images from {'+'.join(sources)}, got none in the input; "
+                "fix: choose another --normal-source or add its data"
+            )
+        n = len(candidates)
     _check_count("--n-normal", n, len(candidates), f"normal images from {'+'.join(sources)}",
                  "choose another --normal-source or add its data")
     candidates.sort(key=lambda r: (patient_rank(patient_key(r), seed), r["path"]))
@@ -114,12 +132,13 @@ def compose_paper(
     rows: list[Row],
     *,
     n_covid: int = PAPER_N_COVID,
-    n_normal: int = PAPER_N_NORMAL,
+    n_normal: int | None = PAPER_N_NORMAL,
     normal_source: str = "kermany",
     seed: int = 0,
 ) -> PaperComposition:
     """Draw the paper's composition from manifest rows (see the module docstring for the rule).
 
+    ``n_normal=None`` takes every available normal of the source (:func:`default_n_normal`).
     Raises UsageError for an unknown ``normal_source`` and DataError when fewer images are
     available than requested (the message gives both numbers).
     """

@@ -1,0 +1,1 @@
+"""Data layer: images, preprocessing, sources, manifests and near-duplicate detection."""
