@@ -84,11 +84,11 @@ def parse_list(value: str | Sequence[str], what: str, choices: Sequence[str] | N
     return out
 
 
-def parse_models(value: str | Sequence[str]) -> list[str]:
-    """Backbone names; ``paper`` stands for the paper's four backbones."""
+def parse_models(value: str | Sequence[str], cache_dir: str | Path | None = None) -> list[str]:
+    """Backbone names; ``paper`` stands for the paper's four backbones (added ones resolve in ``cache_dir``)."""
     out: list[str] = []
     for name in parse_list(value, "--model"):
-        for m in (PAPER_MODELS if name == "paper" else (get_spec(name).name,)):
+        for m in (PAPER_MODELS if name == "paper" else (get_spec(name, cache_dir).name,)):
             if m not in out:
                 out.append(m)
     return out
@@ -439,12 +439,13 @@ def plan_bench(
     warmup: int = 2,
     baseline: str | None = None,
     quick: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> BenchPlan:
     """Check every option and the devices (a GPU asked for on a CPU-only machine is refused here)."""
     from xrayfx.extractor import DEVICES, providers_for
     from xrayfx.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem
 
-    model_list = parse_models(models)
+    model_list = parse_models(models, cache_dir)
     runtime_list = parse_list(runtimes, "--runtime", RUNTIMES)
     device_list = parse_list(devices, "--device", [d for d in DEVICES if d != "auto"])
     precision_list = parse_list(precisions, "--precision", PRECISIONS)
@@ -521,7 +522,7 @@ def run_bench(
         "records": [],
     }
     for name in plan.models:
-        config = model_config(name, weights, seed)
+        config = model_config(name, weights, seed, cache_dir=cache_dir)
         exported = export_model(config, cache_dir, log=log)
         gflop = exported.sidecar.get("gflops_per_image")
         images_all = _inputs(config, max(plan.batch_sizes), data)
