@@ -256,7 +256,13 @@ def plain_onnx_exports(tmp_path_factory) -> Path:
 def _subset(shared_rows, folder: Path, n: int) -> Path:
     from conftest import absolute_rows, write_manifest
 
-    rows = [r for r in shared_rows if r["source"] == "cohen"][:n] + [r for r in shared_rows if r["source"] == "mooney"][:n]
+    rows: list[dict[str, str]] = []
+    for source in ("cohen", "mooney"):
+        patients: dict[str, dict[str, str]] = {}
+        for r in shared_rows:
+            if r["source"] == source and len(patients) < n:
+                patients.setdefault(r["patient_id"], r)  # one image per patient: splits need many patients
+        rows += patients.values()
     return write_manifest(folder / "subset.csv", absolute_rows(rows))
 
 
@@ -296,7 +302,7 @@ def test_added_model_fits_a_head_and_predicts(plain_onnx_exports, shared_rows, t
     from xrayfx.train import fit_head, predict
 
     cache = tmp_path / "cache"
-    data = _subset(shared_rows, tmp_path, 20)
+    data = _subset(shared_rows, tmp_path, 15)
     add_model("my-mobilenet", plain_onnx_exports / "mobilenet-nhwc.onnx", "tf", cache)
     run = fit_head(model="my-mobilenet", data=data, cache_dir=cache, head="logreg", run_id="byo", progress=False,
                    log=None)
