@@ -11,10 +11,7 @@ from rich.table import Table
 from xrayfx.cli import console, err_console
 from xrayfx.cli.options import CacheDir
 
-models_app = typer.Typer(
-    help="List the backbones; add or remove your own ONNX image encoders (per cache folder).",
-    invoke_without_command=True,
-)
+models_app = typer.Typer(invoke_without_command=True)  # help: the docstring of models_root
 OptionalCacheDir = Annotated[
     Optional[Path], typer.Option("--cache-dir", help="Cache folder the model is added to (default: cache).")
 ]
@@ -26,7 +23,7 @@ def _log(message: str) -> None:
 
 @models_app.callback(invoke_without_command=True)
 def models_root(ctx: typer.Context, cache_dir: CacheDir = Path("cache")) -> None:
-    """List the built-in backbones, then the ONNX backbones added to --cache-dir.
+    """List the built-in backbones, then the ONNX backbones added to --cache-dir (`models add` / `models remove`).
 
     Example: xrayfx models --cache-dir cache
     """
