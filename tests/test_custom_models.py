@@ -162,6 +162,26 @@ def test_remove_deletes_the_copy_and_exports(tmp_path, cache):
         remove_model("mobilenet", cache)
 
 
+def test_batch_axis_fixed_at_one_is_freed_when_the_graph_allows(tmp_path, cache):
+    add_model("tiny-b1", tiny_encoder(tmp_path / "a.onnx", batch=1), "unit", cache, pool="avg")
+    got = make_extractor(export_model(model_config("tiny-b1", cache_dir=cache), cache))(synthetic_images(32, 32, 5))
+    assert got.shape == (5, 8)
+
+
+def test_batch_axis_fixed_at_one_by_a_reshape_is_refused(tmp_path, cache):
+    path = tiny_encoder(tmp_path / "a.onnx", batch=1, pooled=True)
+    model = onnx.load(str(path))
+    shape = numpy_helper.from_array(np.array([1, 8], dtype=np.int64), "fixed_shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.append(helper.make_node("Reshape", ["feat", "fixed_shape"], ["feat_1"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("feat_1", TensorProto.FLOAT, [1, 8]))
+    onnx.save(model, str(path))
+    with pytest.raises(BackboneRefusedError, match="dynamic batch axis"):
+        add_model("tiny-b1r", path, "unit", cache)
+    assert added_names(cache) == []
+
+
 def _external_data(path: Path) -> Path:
     model = onnx.load(str(tiny_encoder(path)))
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",

@@ -456,6 +456,9 @@ def plan_bench(
         raise UsageError(f"--warmup must be a positive integer; got {warmup!r}")
     if baseline is not None and baseline not in BASELINES:
         raise UsageError(f"Unknown --baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
+    if baseline == "keras" and any(get_spec(m, cache_dir).constructor == "onnx" for m in model_list):
+        raise UsageError("--baseline keras needs Keras backbones; models added from ONNX files have no Keras "
+                         "model. Fix: drop --baseline, or bench the added models separately.")
     for device in device_list:
         if device != "cpu" and "onnxruntime" in runtime_list:
             providers_for(device)  # RuntimeSetupError naming what this onnxruntime offers and the fix
@@ -495,6 +498,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run a checked plan; returns the JSON document (machine, settings, one record per configuration)."""
     from xrayfx.export import export_model, model_config
+    from xrayfx.models.custom import is_added_spec
 
     say = log or (lambda m: None)
     cpu = cpu_info()
@@ -522,7 +526,8 @@ def run_bench(
         "records": [],
     }
     for name in plan.models:
-        config = model_config(name, weights, seed, cache_dir=cache_dir)
+        added = is_added_spec(get_spec(name, cache_dir))
+        config = model_config(name, "imagenet" if added else weights, seed, cache_dir=cache_dir)  # added: its own
         exported = export_model(config, cache_dir, log=log)
         gflop = exported.sidecar.get("gflops_per_image")
         images_all = _inputs(config, max(plan.batch_sizes), data)

@@ -23,6 +23,7 @@ from xrayfx.exceptions import BackboneRefusedError
 from xrayfx.models.wrap import (
     build_wrapper,
     default_opset,
+    ort_errors,
     reference_outputs,
     session_for,
     synthetic_images,
@@ -225,7 +226,7 @@ def run_test_batch(spec: Any, copy: Path, log: Callable[[str], None] | None = No
     try:
         original = session_for(copy)
         raw = reference_outputs(original, images[:1], spec, prep)
-    except (RuntimeError, ValueError) as exc:  # onnxruntime's Fail/InvalidGraph/… derive from RuntimeError
+    except ort_errors() as exc:
         raise _refuse(copy, f"onnxruntime cannot run it on one {h}x{w} image ({str(exc).splitlines()[0]})",
                       "check --layout, --channels and --input-size, or re-export the model") from exc
     _check_raw(raw, spec, copy)
@@ -234,7 +235,7 @@ def run_test_batch(spec: Any, copy: Path, log: Callable[[str], None] | None = No
         session = session_for(wrapped)
         batched = np.asarray(session.run([out_name], {in_name: images})[0], dtype=np.float32)
         single = np.asarray(session.run([out_name], {in_name: images[:1]})[0], dtype=np.float32)
-    except (RuntimeError, ValueError) as exc:
+    except ort_errors() as exc:
         raise _refuse(copy, f"it does not run on a batch of {TEST_BATCH} images ({str(exc).splitlines()[0]})",
                       "export with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))"
                       ) from exc

@@ -127,6 +127,15 @@ def build_wrapper(model: Any, spec: Any, prep: Preprocessing) -> tuple[Any, str,
     return wrapped, image, embedding
 
 
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """What onnxruntime raises when it cannot load or run a graph (its classes derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NotImplemented",
+             "RuntimeException")
+    return (RuntimeError, ValueError, *(getattr(state, n) for n in names if hasattr(state, n)))
+
+
 def session_for(model_or_path: Any) -> Any:
     """A CPU fp32 onnxruntime session of a ModelProto or a file."""
     import onnxruntime as ort
@@ -149,9 +158,13 @@ def reference_input(images: np.ndarray, spec: Any, prep: Preprocessing) -> np.nd
 
 
 def reference_outputs(session: Any, images: np.ndarray, spec: Any, prep: Preprocessing) -> np.ndarray:
-    """The encoder's raw output (before pooling) for uint8 images, from the unwrapped graph."""
-    raw = session.run([spec.output_name], {spec.input_name: reference_input(images, spec, prep)})[0]
-    return np.asarray(raw, dtype=np.float32)
+    """The encoder's raw output (before pooling) for uint8 images, from the unwrapped graph, image by image.
+
+    One image per call, so a graph whose batch axis is fixed at one serves as reference too.
+    """
+    x = reference_input(images, spec, prep)
+    raw = [session.run([spec.output_name], {spec.input_name: x[i:i + 1]})[0] for i in range(len(x))]
+    return np.asarray(np.concatenate(raw), dtype=np.float32)
 
 
 def pool_and_flatten(raw: np.ndarray, spec: Any) -> np.ndarray:
