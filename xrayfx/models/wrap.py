@@ -255,7 +255,7 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
             "weights": config.weights.to_dict(),
             "config": config.to_dict(),
             "params": spec.params,
-            "gflops_per_image": count_gflops(tmp),
+            "gflops_per_image": count_gflops(tmp) or None,  # 0.0: shapes ONNX inference could not resolve
             "parity": parity,
             "export_seconds": round(time.perf_counter() - t0, 2),
             "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
