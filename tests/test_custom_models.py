@@ -267,7 +267,8 @@ def plain_onnx_exports(tmp_path_factory) -> Path:
     if not MOBILENET_WEIGHTS.exists():
         pytest.skip(f"{MOBILENET_WEIGHTS} not found")
     out = tmp_path_factory.mktemp("byo-onnx")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "byo_onnx_export.py"), str(out), str(MOBILENET_WEIGHTS)],
+    script = ROOT / "tests" / "byo_onnx_export.py"
+    proc = subprocess.run([sys.executable, str(script), str(out), str(MOBILENET_WEIGHTS)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -81,13 +81,17 @@ def add_cmd(
     normalisation: Annotated[str, typer.Option(
         "--normalisation", help="tf ([-1,1]) | torch (ImageNet mean/std) | unit ([0,1]) | xrv ([-1024,1024]) | "
         "custom (--mean/--std).")],
-    layout: Annotated[Optional[str], typer.Option("--layout", help="nchw | nhwc (default: read from the graph).")] = None,
+    layout: Annotated[
+        Optional[str], typer.Option("--layout", help="nchw | nhwc (default: read from the graph).")
+    ] = None,
     input_size: Annotated[Optional[int], typer.Option(
         "--input-size", help="Image side N (NxN); needed when the graph's height/width are dynamic.")] = None,
     channels: Annotated[Optional[int], typer.Option(
         "--channels", help="1 (grey) | 3 (RGB); default: read from the graph.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", help="The output to use when there are several.")] = None,
-    pool: Annotated[str, typer.Option("--pool", help="none | avg (average a feature map over height and width).")] = "none",
+    pool: Annotated[
+        str, typer.Option("--pool", help="none | avg (average a feature map over height and width).")
+    ] = "none",
     mean: Annotated[Optional[str], typer.Option(
         "--mean", help="--normalisation custom: per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option("--std", help="--normalisation custom: per-channel std.")] = None,

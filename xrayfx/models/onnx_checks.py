@@ -188,7 +188,8 @@ def inspect_onnx(
     the_input = _the_input(model, path)
     dims = _dims(the_input)
     if dims is None or len(dims) != 4:
-        raise _refuse(path, f"input {the_input.name!r} has shape {dims}; expected 4-D images (N, C, H, W) or (N, H, W, C)",
+        raise _refuse(path, f"input {the_input.name!r} has shape {dims}; expected 4-D images (N, C, H, W) or "
+                      "(N, H, W, C)",
                       "export the encoder with a 4-D image input")
     if dims[0] not in (None, 1):
         raise _refuse(path, f"the batch axis is fixed at {dims[0]}", "export with a dynamic batch axis")
