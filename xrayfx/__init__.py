@@ -29,6 +29,8 @@ _API = {
     "build_report": "xrayfx.report",
     "run_demo": "xrayfx.demo",
     "get_spec": "xrayfx.registry",
+    "add_model": "xrayfx.models.custom",
+    "remove_model": "xrayfx.models.custom",
 }
 
 __all__ = sorted(_API)

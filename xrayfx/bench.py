@@ -84,11 +84,11 @@ def parse_list(value: str | Sequence[str], what: str, choices: Sequence[str] | N
     return out
 
 
-def parse_models(value: str | Sequence[str]) -> list[str]:
-    """Backbone names; ``paper`` stands for the paper's four backbones."""
+def parse_models(value: str | Sequence[str], cache_dir: str | Path | None = None) -> list[str]:
+    """Backbone names; ``paper`` stands for the paper's four backbones (added ones resolve in ``cache_dir``)."""
     out: list[str] = []
     for name in parse_list(value, "--model"):
-        for m in (PAPER_MODELS if name == "paper" else (get_spec(name).name,)):
+        for m in (PAPER_MODELS if name == "paper" else (get_spec(name, cache_dir).name,)):
             if m not in out:
                 out.append(m)
     return out
@@ -439,12 +439,13 @@ def plan_bench(
     warmup: int = 2,
     baseline: str | None = None,
     quick: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> BenchPlan:
     """Check every option and the devices (a GPU asked for on a CPU-only machine is refused here)."""
     from xrayfx.extractor import DEVICES, providers_for
     from xrayfx.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem
 
-    model_list = parse_models(models)
+    model_list = parse_models(models, cache_dir)
     runtime_list = parse_list(runtimes, "--runtime", RUNTIMES)
     device_list = parse_list(devices, "--device", [d for d in DEVICES if d != "auto"])
     precision_list = parse_list(precisions, "--precision", PRECISIONS)
@@ -455,6 +456,9 @@ def plan_bench(
         raise UsageError(f"--warmup must be a positive integer; got {warmup!r}")
     if baseline is not None and baseline not in BASELINES:
         raise UsageError(f"Unknown --baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
+    if baseline == "keras" and any(get_spec(m, cache_dir).constructor == "onnx" for m in model_list):
+        raise UsageError("--baseline keras needs Keras backbones; models added from ONNX files have no Keras "
+                         "model. Fix: drop --baseline, or bench the added models separately.")
     for device in device_list:
         if device != "cpu" and "onnxruntime" in runtime_list:
             providers_for(device)  # RuntimeSetupError naming what this onnxruntime offers and the fix
@@ -494,6 +498,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run a checked plan; returns the JSON document (machine, settings, one record per configuration)."""
     from xrayfx.export import export_model, model_config
+    from xrayfx.models.custom import is_added_spec
 
     say = log or (lambda m: None)
     cpu = cpu_info()
@@ -521,7 +526,8 @@ def run_bench(
         "records": [],
     }
     for name in plan.models:
-        config = model_config(name, weights, seed)
+        added = is_added_spec(get_spec(name, cache_dir))
+        config = model_config(name, "imagenet" if added else weights, seed, cache_dir=cache_dir)  # added: its own
         exported = export_model(config, cache_dir, log=log)
         gflop = exported.sidecar.get("gflops_per_image")
         images_all = _inputs(config, max(plan.batch_sizes), data)

@@ -50,7 +50,7 @@ def run_demo(
         data = generate_phantoms(out / "phantoms", n=n_phantoms, seed=seed)
         log(f"data: {n_phantoms} SYNTHETIC phantom radiographs (not medical data) in {Path(data).parent}")
     result = DemoResult(out=out, data=Path(data))
-    config = model_config(model, weights, seed)
+    config = model_config(model, weights, seed, cache_dir=cache_dir)
     if config.weights.is_random:
         log(f"NOTE: {model} runs with {config.weights.describe()}; these features come from random weights.")
 

@@ -93,3 +93,7 @@ class UnsafeModelError(IntegrityError):
 
 class ClusterError(XrayfxError):
     """A Dask cluster cannot be reached, cannot see the cache, or lost a worker mid-run."""
+
+
+class BackboneRefusedError(UsageError):
+    """An ONNX file offered to ``xrayfx models add`` that xrayfx cannot run safely; it was not registered."""

@@ -108,15 +108,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Rebuild a config recorded by :meth:`to_dict` (the fingerprint is re-derived and checked)."""
-        spec = get_spec(d["backbone"])
+        spec = _recorded_spec(d)
         w = d["weights"]
-        p = d["preprocessing"]
         config = cls(
             spec=spec,
             weights=WeightsSource(kind=w["kind"], path=w.get("path"), sha256=w.get("sha256"), seed=w.get("seed")),
-            preprocessing=Preprocessing(
-                normalise=p["normalise"], resize=p["resize"], input_size=tuple(p["input_size"]), option=p["option"]
-            ),
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
         )
         if config.fingerprint != d["fingerprint"]:
             raise exceptions.IntegrityError(
@@ -124,6 +121,13 @@ class ModelConfig:
                 f"({config.fingerprint[:12]}); the registry spec changed since it was recorded. Re-extract."
             )
         return config
+
+
+def _recorded_spec(d: dict[str, Any]) -> BackboneSpec:
+    """The spec of a recorded config: a built-in by name, an added ONNX backbone from its recorded spec."""
+    from xrayfx.models.custom import is_added_record, spec_from_dict
+
+    return spec_from_dict(d["spec"]) if is_added_record(d.get("spec")) else get_spec(d["backbone"])
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,10 @@ def keras_home() -> Path:
 
 def resolve_weights(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) -> WeightsSource:
     """Resolve ``--weights imagenet|none|PATH`` to a file and its sha256, or to a seed."""
+    from xrayfx.models.custom import added_weights, is_added_spec
+
+    if is_added_spec(spec):
+        return added_weights(spec, weights)
     if weights == "none":
         return WeightsSource(kind="none", seed=int(seed))
     if weights == "imagenet":
@@ -199,9 +207,14 @@ def model_config(
     seed: int = 0,
     preprocess: str = "imagenet",
     resize: str = "stretch",
+    cache_dir: str | Path | None = None,
 ) -> ModelConfig:
-    """Resolve the five model options of the CLI into a :class:`ModelConfig`."""
-    spec = get_spec(model)
+    """Resolve the five model options of the CLI into a :class:`ModelConfig`.
+
+    Every command resolves ``--model`` here: pass ``cache_dir`` so that models added
+    to that cache (``xrayfx models add``) resolve too (see :func:`get_spec`).
+    """
+    spec = get_spec(model, cache_dir)
     return ModelConfig(
         spec=spec,
         weights=resolve_weights(spec, weights, seed),
@@ -230,8 +243,15 @@ def export_model(
 ) -> ExportedModel:
     """Export a backbone to ONNX once (in a child process), check parity, register it.
 
-    Returns the existing export when the fingerprint is already registered.
+    Returns the existing export when the fingerprint is already registered. An added
+    ONNX backbone is wrapped (uint8 input, preprocessing) instead, without TensorFlow.
     """
+    from xrayfx.models.custom import is_added_spec
+
+    if is_added_spec(config.spec):
+        from xrayfx.models.wrap import export_added
+
+        return export_added(config, cache_dir, force=force, log=log)
     if not force:
         existing = load_exported(config, cache_dir)
         if existing is not None:

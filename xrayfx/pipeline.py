@@ -160,7 +160,7 @@ def extract(
 
         parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    config = config or model_config(model, weights, seed, preprocess, resize)
+    config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     exported = export_model(config, cache_dir, log=log)
     model_path, cache_precision = None, precision
     if precision == "int8":

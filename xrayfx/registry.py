@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -74,6 +75,10 @@ class BackboneSpec:
             "input_size": list(self.input_size),
             "weights_loader": self.weights_loader,
         }
+
+    def input_format(self, normalise: str) -> dict[str, Any]:
+        """Channels, layout and custom mean/std the graph is fed with (built-ins: 3-channel NHWC, none)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view, recorded in sidecars and run configs."""
@@ -185,15 +190,28 @@ def backbone_names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """Return the spec of a backbone, or raise a clear error listing the valid names."""
+def get_spec(name: str, cache_dir: str | Path | None = None) -> BackboneSpec:
+    """Return the spec of a backbone, or raise a clear error listing the valid names.
+
+    The one place a backbone name is resolved: a built-in name, else (when
+    ``cache_dir`` is given) a model added to that cache with ``xrayfx models add``.
+    """
     key = name.strip().lower()
-    if key not in REGISTRY:
-        raise UnknownBackboneError(
-            f"Unknown backbone {name!r}; choose one of: {', '.join(backbone_names())} "
-            "(xrayfx models lists them)"
-        )
-    return REGISTRY[key]
+    if key in REGISTRY:
+        return REGISTRY[key]
+    added: list[str] = []
+    if cache_dir is not None:
+        from xrayfx.models.custom import added_names, load_added_spec
+
+        spec = load_added_spec(key, cache_dir)
+        if spec is not None:
+            return spec
+        added = added_names(cache_dir)
+    extra = f"; added to {cache_dir}: {', '.join(added)}" if added else ""
+    raise UnknownBackboneError(
+        f"Unknown backbone {name!r}; choose one of: {', '.join(backbone_names())}{extra} "
+        "(xrayfx models lists them; `xrayfx models add` registers an ONNX file)"
+    )
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,11 @@ class Preprocessing:
     resize: str  # "stretch" (the paper) or "crop" (centre crop after resizing the shorter side)
     input_size: tuple[int, int]  # (height, width)
     option: str = "imagenet"  # the user-facing --preprocess value it came from
+    # Added ONNX backbones only (xrayfx.models.custom); the defaults are the built-ins' input.
+    channels: int = 3  # 1: the graph averages the RGB planes into one grey plane
+    layout: str = "nhwc"  # "nchw": the graph transposes before the backbone
+    mean: tuple[float, ...] | None = None  # normalise="custom": (x / 255 - mean) / std
+    std: tuple[float, ...] | None = None
 
     @staticmethod
     def _resolve(ref: str) -> Callable[..., Any]:
@@ -216,12 +239,32 @@ class Preprocessing:
         return getattr(importlib.import_module(module_name), attr)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The record (fingerprinted): input format fields appear only when they differ from the default."""
+        d: dict[str, Any] = {
             "normalise": self.normalise,
             "resize": self.resize,
             "input_size": list(self.input_size),
             "option": self.option,
         }
+        if self.channels != 3:
+            d["channels"] = self.channels
+        if self.layout != "nhwc":
+            d["layout"] = self.layout
+        if self.mean is not None:
+            d["mean"] = list(self.mean)
+        if self.std is not None:
+            d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        """Rebuild a preprocessing recorded by :meth:`to_dict`."""
+        return cls(
+            normalise=d["normalise"], resize=d["resize"], input_size=tuple(d["input_size"]), option=d["option"],
+            channels=int(d.get("channels", 3)), layout=str(d.get("layout", "nhwc")),
+            mean=tuple(d["mean"]) if d.get("mean") is not None else None,
+            std=tuple(d["std"]) if d.get("std") is not None else None,
+        )
 
     def apply(self, pixels: Any) -> Any:
         """Normalise float32 pixels in [0, 255]; works on numpy arrays and TF tensors alike."""
@@ -256,4 +299,7 @@ def resolve_preprocessing(
     if resize not in RESIZE_OPTIONS:
         raise UsageError(f"Unknown --resize {resize!r}; choose one of: {', '.join(RESIZE_OPTIONS)}")
     normalise = spec.preprocess_mode if preprocess == "imagenet" else "unit"
-    return Preprocessing(normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess)
+    return Preprocessing(
+        normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess,
+        **spec.input_format(normalise),
+    )

@@ -312,7 +312,7 @@ def fit_head(
     )
     jparams = jitter_params or JitterParams()
     cache_dir = Path(cache_dir)
-    config = config or model_config(model, weights, seed, preprocess, resize)
+    config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     run_id = run_id or default_run_id(config.spec.name, opts.head, cache_dir)
     final = runs_root(cache_dir) / run_id
     if final.exists():

@@ -29,9 +29,9 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _register_commands() -> None:
-    from xrayfx.cli import core  # noqa: F401  (registers models, export, extract, cache, phantoms, demo)
+    from xrayfx.cli import core  # noqa: F401  (registers export, extract, cache, phantoms, demo)
 
-    for optional in ("data", "train", "evaluate", "report", "bench"):
+    for optional in ("models", "data", "train", "evaluate", "report", "bench"):
         try:
             module = __import__(f"xrayfx.cli.{optional}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -54,7 +54,9 @@ def bench_cmd(
     from xrayfx.bench import plan_bench, render_table, run_bench, write_json
     from xrayfx.cli import console
 
-    plan = plan_bench(model, runtime, device, precision, batch_sizes, repeats, warmup, baseline, quick)
+    plan = plan_bench(
+        model, runtime, device, precision, batch_sizes, repeats, warmup, baseline, quick, cache_dir=cache_dir
+    )
     for s in plan.skipped:
         _log(f"[yellow]skipped[/] {s['runtime']}/{s['device']}/{s['precision']}: {s['reason']}")
     doc = run_bench(plan, weights=weights, seed=seed, cache_dir=cache_dir, data=data, calibration=calibration, log=_log)

@@ -37,11 +37,10 @@ def _root(
     """
 
 
-@app.command("models")
 def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
-    """List the backbones: embedding size, parameters, GFLOPs per image, ONNX size once exported.
+    """List the built-in backbones: embedding size, parameters, GFLOPs per image, ONNX size once exported.
 
-    Example: xrayfx models
+    `xrayfx models` (xrayfx.cli.models) prints this, then the models added to the cache.
     """
     from xrayfx.registry import REGISTRY
     from xrayfx.util import read_json
@@ -85,7 +84,7 @@ def export_cmd(
     """
     from xrayfx.export import export_model, model_config
 
-    config = model_config(model, weights, seed, preprocess, resize)
+    config = model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     _warn_random(config)
     exported = export_model(config, cache_dir, force=force, log=_log)
     s = exported.sidecar
@@ -151,7 +150,7 @@ def extract_cmd(
     from xrayfx.pipeline import extract
 
     dataset = load_dataset(data)
-    config = model_config(model, weights, seed, preprocess, resize)
+    config = model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     _warn_random(config)
     result = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,

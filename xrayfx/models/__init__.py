@@ -1,0 +1,1 @@
+"""Backbones and their models: the registry of ONNX files added to a cache."""
