@@ -222,7 +222,16 @@ def evaluated(run, data):
     by_id = {sha256_file(r["path"]): r for r in data["train_rows"]}
     planted = [by_id[i] for i in (train_ids[0], train_ids[len(train_ids) // 2], train_ids[-1])]
     data["planted"] = {r["path"] for r in planted}
-    data["heldout"] = write_manifest(data["folder"] / "heldout.csv", data["held"] + planted)
+    # A near-duplicate under a new patient id: a training image resized and re-encoded as JPEG.
+    from PIL import Image
+
+    source = by_id[train_ids[1]]
+    copy = data["folder"] / "resized-copy.jpg"
+    with Image.open(source["path"]) as im:
+        im.convert("L").resize((im.width * 7 // 10, im.height * 7 // 10)).save(copy, quality=80)
+    data["near"] = str(copy)
+    near_row = {**source, "path": str(copy), "patient_id": "new-patient-near"}
+    data["heldout"] = write_manifest(data["folder"] / "heldout.csv", data["held"] + planted + [near_row])
 
     held = evaluate(run.path, data["heldout"], progress=False, log=None)
     kids = evaluate(run.path, data["kids"], progress=False, log=None)
@@ -239,13 +248,15 @@ def test_evaluate_writes_predictions_and_metrics_that_recompute(evaluated, run, 
                                  "threshold", "overlap"]
     assert {"view", "age_group"} <= set(rows[0])
     flagged = {r["path"] for r in rows if r["overlap"]}
-    assert flagged == data["planted"] and all("same bytes" in r["overlap"] for r in rows if r["overlap"])
+    assert flagged == data["planted"] | {data["near"]}
+    assert all("same bytes" in r["overlap"] for r in rows if r["path"] in data["planted"])
+    assert "near-duplicate" in next(r["overlap"] for r in rows if r["path"] == data["near"])
     kept = [r for r in rows if not r["overlap"]]
     m = json.loads((held.path / "metrics.json").read_text())
     y = np.array([r["label"] == "covid" for r in kept])
     p = np.array([float(r["p_covid"]) for r in kept])
     d = np.array([r["predicted"] == "covid" for r in kept])
-    assert m["n"] == len(kept) and m["overlap"]["n"] == 3 and m["threshold"] == run.record.decision.threshold
+    assert m["n"] == len(kept) and m["overlap"]["n"] == 4 and m["threshold"] == run.record.decision.threshold
     assert m["auroc"] == pytest.approx(roc_auc_score(y, p))
     assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1]
     assert m["sensitivity"] == pytest.approx(d[y].mean()) and m["specificity"] == pytest.approx((~d[~y]).mean())
@@ -276,7 +287,7 @@ def test_evaluate_refuses_an_existing_name_without_force_and_keeps_overlap_on_re
     code, _out, err = run_cli_inprocess([*args, "--name", "heldout-all", "--keep-overlap"], capsys)
     assert code == 0, err
     m = json.loads((run.path / "evaluations" / "heldout-all" / "metrics.json").read_text())
-    assert m["n"] == evaluated[0].metrics["n"] + 3
+    assert m["n"] == evaluated[0].metrics["n"] + 4
     code, _out, err = run_cli_inprocess([*args, "--name", "heldout-all", "--force"], capsys)
     assert code == 0, err
 

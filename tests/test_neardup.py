@@ -190,7 +190,7 @@ def test_fit_head_puts_near_duplicates_in_one_part_and_reports_them(
     with open(run.path / "split.csv", newline="") as f:
         split = list(csv.DictReader(f))
     merged = [r for r in split if r["patient_id"] == "cohen-178+cohen-97"]
-    assert len(merged) == len(dup) and len({r["split"] for r in merged}) == 1
+    assert len(merged) == len(dup) and len({r["part"] for r in merged}) == 1
     with open(run.path / "near_duplicates.csv", newline="") as f:
         links = list(csv.DictReader(f))
     assert links and {frozenset((r["patient_id_a"], r["patient_id_b"])) for r in links} == {

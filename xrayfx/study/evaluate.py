@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ import numpy as np
 from xrayfx import metrics as M
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.runs import SPLIT_FILE, Run, check_run_id, load_run, resolve_run
-from xrayfx.study.overlap import Side, find_overlap, neardup_available
+from xrayfx.data.neardup import hash_cache_path, perceptual_hashes, read_image_hashes
+from xrayfx.study.groups import IMAGE_HASHES_FILE
+from xrayfx.study.overlap import Side, find_overlap
 from xrayfx.study.predict import cache_dir_of, score
 from xrayfx.util import atomic_write_json, atomic_write_text
 
@@ -63,20 +66,24 @@ def _labelled(data: str | Path) -> tuple[Any, list[str]]:
     return dataset, given
 
 
-def _training_side(run: Run, with_paths: bool) -> Side:
-    """The run's training + validation rows (every fold's) from its split.csv."""
+def _training_side(run: Run) -> Side:
+    """The run's training + validation rows (every fold's) from its split.csv, with their perceptual
+    hashes from the run's image_hashes.csv (written by fit-head, so nothing is decoded again)."""
     ids: dict[str, str] = {}
     with open(run.file(SPLIT_FILE), newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             if (r.get("part") or r.get("split")) in ("train", "val"):
                 ids[r["image_id"]] = r.get("patient_id", "")
-    paths = [""] * len(ids)
-    if with_paths and Path(run.record.data_path).exists():
-        from xrayfx.datasets import load_dataset
+    hash_ids, hashes = read_image_hashes(run.file(IMAGE_HASHES_FILE))
+    hash_of = dict(zip(hash_ids, hashes.tolist()))
+    keep = [i for i in ids if i in hash_of]
+    return Side.of(keep, [ids[i] for i in keep], None, np.array([hash_of[i] for i in keep], dtype=np.uint64))
 
-        path_of = {r.image_id: str(r.path) for r in load_dataset(run.record.data_path).ok}
-        paths = [path_of.get(i, "") for i in ids]
-    return Side.of(list(ids), list(ids.values()), paths)
+
+def _evaluation_hashes(paths: list[str], image_ids: list[str], cache_dir: Path) -> np.ndarray:
+    """Perceptual hashes of the evaluation images, cached in the cache folder when it is writable."""
+    cache_file = hash_cache_path(cache_dir) if os.access(cache_dir, os.W_OK) else None
+    return perceptual_hashes(paths, sha256s=image_ids, cache_file=cache_file)
 
 
 def _interval(prop: dict[str, Any]) -> list[float] | None:
@@ -184,8 +191,10 @@ def evaluate(
     if not in_run.any():
         raise DataError(f"Expected rows labelled {record.labels[0]!r} or {record.labels[1]!r} in {data}; got "
                         f"labels {sorted(set(labels.tolist()))}. Fix: evaluate data labelled like the run.")
-    train = _training_side(loaded, with_paths=neardup_available())
-    ev = Side.of([r.image_id for r in recs], [r.get("patient_id") for r in recs], [str(r.path) for r in recs])
+    train = _training_side(loaded)
+    ev_ids, ev_paths = [r.image_id for r in recs], [str(r.path) for r in recs]
+    ev = Side.of(ev_ids, [r.get("patient_id") for r in recs], ev_paths,
+                 _evaluation_hashes(ev_paths, ev_ids, data_cache))
     overlap = find_overlap(ev, train)
     use = in_run & (np.array([o == "" for o in overlap]) | keep_overlap)
     pid = np.array([r.get("patient_id") for r in recs], dtype=object)

@@ -7,46 +7,45 @@ check, a function ``(evaluation side, training side) -> {row: reason}``:
 * :func:`same_bytes` — the same file bytes (image id = sha256 of the bytes);
 * :func:`same_patient` — the same (non-blank) patient id;
 * :func:`near_duplicate` — the same radiograph resized, re-encoded or with its
-  contrast changed, through :mod:`xrayfx.data.neardup` (perceptual hashes) when
-  that module is installed; without it the check finds nothing and says so.
+  contrast changed: perceptual hashes (:mod:`xrayfx.data.neardup`) within
+  :data:`~xrayfx.data.neardup.DEFAULT_MAX_DISTANCE` bits.
 
 A further check plugs in by adding one function to :data:`CHECKS`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from xrayfx.data.neardup import near_duplicate_pairs
+from xrayfx.study.groups import original_patient_ids
+
 
 @dataclass(frozen=True)
 class Side:
-    """Rows of one side: image ids (sha256), patient ids ('' when unknown) and paths ('' when unknown)."""
+    """Rows of one side: image ids (sha256), patient ids ('' when unknown; merged split ids such as
+    ``a+b`` stand for each of their patients), paths ('' when unknown) and perceptual hashes (None
+    when not computed)."""
 
     image_id: np.ndarray
     patient_id: np.ndarray
     path: np.ndarray
+    hashes: np.ndarray | None = None
 
     @classmethod
-    def of(cls, image_id: list[str], patient_id: list[str], path: list[str] | None = None) -> "Side":
+    def of(cls, image_id: list[str], patient_id: list[str], path: list[str] | None = None,
+           hashes: np.ndarray | None = None) -> "Side":
         """Build a side from lists (``path`` defaults to blanks)."""
         n = len(image_id)
         return cls(np.asarray(image_id, dtype=object), np.asarray(patient_id, dtype=object),
-                   np.asarray(path if path is not None else [""] * n, dtype=object))
+                   np.asarray(path if path is not None else [""] * n, dtype=object),
+                   None if hashes is None else np.asarray(hashes, dtype=np.uint64))
 
 
 Check = Callable[[Side, Side], dict[int, str]]
-
-
-def neardup_available() -> bool:
-    """True when :mod:`xrayfx.data.neardup` (the near-duplicate finder) is installed."""
-    try:
-        return importlib.util.find_spec("xrayfx.data.neardup") is not None
-    except ModuleNotFoundError:  # no xrayfx.data package at all
-        return False
 
 
 def same_bytes(ev: Side, train: Side) -> dict[int, str]:
@@ -57,25 +56,21 @@ def same_bytes(ev: Side, train: Side) -> dict[int, str]:
 
 def same_patient(ev: Side, train: Side) -> dict[int, str]:
     """Rows whose patient id is a training/validation patient's."""
-    seen = {p for p in train.patient_id.tolist() if p}
+    seen = {one for p in train.patient_id.tolist() if p for one in original_patient_ids(p)}
     return {i: f"patient {p} is in the training/validation data" for i, p in enumerate(ev.patient_id)
             if p and p in seen}
 
 
 def near_duplicate(ev: Side, train: Side) -> dict[int, str]:
-    """Rows that look like a training/validation image (xrayfx.data.neardup), if that module is present."""
-    if not neardup_available() or not len(ev.path) or not len(train.path):
+    """Rows whose perceptual hash is within the near-duplicate distance of a training/validation image's."""
+    if ev.hashes is None or train.hashes is None or not len(ev.hashes) or not len(train.hashes):
         return {}
-    from xrayfx.data.neardup import near_duplicate_pairs, perceptual_hashes
-
-    known = np.array([bool(p) for p in train.path])
-    if not known.any():
-        return {}
-    train_paths = train.path[known]
-    pairs = near_duplicate_pairs(perceptual_hashes(list(ev.path)), perceptual_hashes(list(train_paths)))
     out: dict[int, str] = {}
-    for i, j, d in sorted(pairs, key=lambda t: t[2]):
-        out.setdefault(int(i), f"near-duplicate of training/validation image {train_paths[int(j)]} (distance {d})")
+    for i, j, d in sorted(near_duplicate_pairs(ev.hashes, train.hashes), key=lambda t: t[2]):
+        if ev.image_id[i] == train.image_id[j]:
+            continue  # same bytes: said by same_bytes
+        who = train.path[j] or f"image {str(train.image_id[j])[:12]}"
+        out.setdefault(int(i), f"near-duplicate of training/validation {who} (distance {d} bits)")
     return out
 
 
