@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,9 @@ def test_second_concurrent_extract_fails_fast_naming_the_holder(forty_mixed, mob
     from xrayfx.pipeline import open_cache
 
     cache_dir = tmp_path / "cache"
+    (cache_dir / "models").mkdir(parents=True)
+    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):  # the same model, so the group matches it
+        shutil.copy(f, cache_dir / "models" / f.name)
     cache = open_cache(mobilenet_config, mobilenet_export, cache_dir)
     with cache.locked():
         proc = subprocess.run(

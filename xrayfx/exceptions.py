@@ -93,3 +93,7 @@ class UnsafeModelError(IntegrityError):
 
 class ClusterError(XrayfxError):
     """A Dask cluster cannot be reached, cannot see the cache, or lost a worker mid-run."""
+
+
+class CacheRepairWarning(UserWarning):
+    """Damaged cache chunks were found and invalidated; their rows are recomputed."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from xrayfx.data.files import read_regular_bytes
 from xrayfx.exceptions import ImageDecodeError, UsageError
 
 if TYPE_CHECKING:
@@ -108,9 +109,10 @@ def decode_image(
     ``draft_size=(height, width)`` lets JPEG decoding run at a reduced DCT scale
     (1/2, 1/4 or 1/8) that is never smaller than that size, so a later resize still
     downsamples. Other formats ignore it. The file is read once. A missing or
-    unreadable file raises the ``OSError`` of ``open`` (it is not a bad image).
+    unreadable file raises the ``OSError`` of ``open`` (it is not a bad image); a
+    FIFO, socket, device or dangling symlink raises ImageDecodeError without being read.
     """
-    data = Path(path).read_bytes()
+    data = read_regular_bytes(path)
     return decode_image_bytes(data, name=str(path), draft_size=draft_size)
 
 
@@ -172,7 +174,7 @@ def load_image(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray:
             "Resolve the preprocessing with xrayfx.registry.resolve_preprocessing."
         )
     size = draft_size_for(prep)
-    planes = _decode_planes(Path(path).read_bytes(), str(path), size)
+    planes = _decode_planes(read_regular_bytes(path), str(path), size)
     return _as_rgb(resize_image(planes, size, prep.resize))
 
 

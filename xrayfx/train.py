@@ -429,7 +429,7 @@ def _train_fold(
             rows.labels[tr].astype(str), n=opts.augment, seed=train_seed, epochs=epochs, params=jitter["params"],
             main_group=extracted.cache_path.name, runtime=jitter["runtime"], precision=jitter["precision"],
             device=jitter["device"], batch_size=jitter["batch_size"], workers=jitter["workers"],
-            progress=jitter["progress"], log=log,
+            progress=jitter["progress"], log=log, model_path=extracted.model_path,
         )
         with source:
             source.prefetch(0)
@@ -796,6 +796,16 @@ def _run_config(
     }
 
 
+def _run_int8_model(model: ModelConfig, cache_dir: Path, cfg: dict[str, Any]) -> Path | None:
+    """The exact int8 model a run was trained with (from its cache group), or None for other precisions."""
+    if cfg.get("precision") != "int8":
+        return None
+    from xrayfx.export import export_model
+    from xrayfx.quantize import int8_model_of_group
+
+    return int8_model_of_group(export_model(model, cache_dir), cfg.get("cache_group"))
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -940,6 +950,7 @@ def predict(
     extracted = extract(
         data=dataset, config=model, cache_dir=data_cache, device=device, runtime=cfg.get("runtime", "onnxruntime"),
         precision=cfg.get("precision", "fp32"), batch_size=batch_size, workers=workers, progress=progress, log=log,
+        model_path=_run_int8_model(model, data_cache, cfg),
     )
     decision = cfg["decision"]
     thr = float(decision["threshold"])

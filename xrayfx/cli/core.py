@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -147,17 +148,22 @@ def extract_cmd(
     Example: xrayfx extract --model mobilenet --data ../shared/data/cxr/manifest.csv
     """
     from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import CacheRepairWarning
     from xrayfx.export import model_config
     from xrayfx.pipeline import extract
 
     dataset = load_dataset(data)
     config = model_config(model, weights, seed, preprocess, resize)
     _warn_random(config)
-    result = extract(
-        data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-        strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
-        calibration=calibration,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheRepairWarning)  # printed below from result.repaired
+        result = extract(
+            data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
+            strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
+            calibration=calibration,
+        )
+    for message in result.repaired:
+        err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
     console.print(result.summary(), highlight=False)
     console.print(f"cache group: {result.cache_path}", highlight=False, soft_wrap=True)
 
@@ -245,3 +251,6 @@ def demo_cmd(
     console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
     for line in result.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+from xrayfx.cli import cache_verify  # noqa: E402,F401  (registers `xrayfx cache verify` on cache_app)

@@ -1,0 +1,1 @@
+"""Data: decoding, image quality checks, file access, data sets and sources."""
