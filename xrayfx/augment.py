@@ -204,6 +204,7 @@ class JitterSource:
         log: Callable[[str], None] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         model_path: str | Path | None = None,
+        keep_degenerate: bool = False,
     ):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UsageError(f"Expected --augment N to be a positive integer here; got {n!r}.")
@@ -225,6 +226,7 @@ class JitterSource:
         self.params = params
         self.runtime, self.precision, self.device = runtime, precision, device
         self.model_path = model_path  # the exact int8 variant (precision int8); None: the only registered one
+        self.keep_degenerate = keep_degenerate  # as the extraction that chose the training images
         self.batch_size = int(batch_size)
         self.workers = max(1, int(workers))
         self.progress = progress
@@ -310,7 +312,7 @@ class JitterSource:
         image_id = self.image_ids[index]
         img = self._bases.get(image_id)
         if img is None:
-            img = load_image(self.paths[index], self.config.preprocessing)
+            img = load_image(self.paths[index], self.config.preprocessing, self.keep_degenerate)
             self._bases[image_id] = img
         return img
 

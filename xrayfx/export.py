@@ -118,7 +118,8 @@ class ModelConfig:
             spec=spec,
             weights=WeightsSource(kind=w["kind"], path=w.get("path"), sha256=w.get("sha256"), seed=w.get("seed")),
             preprocessing=Preprocessing(
-                normalise=p["normalise"], resize=p["resize"], input_size=tuple(p["input_size"]), option=p["option"]
+                normalise=p["normalise"], resize=p["resize"], input_size=tuple(p["input_size"]), option=p["option"],
+                bit_depth=p.get("bit_depth"),
             ),
         )
         if config.fingerprint != d["fingerprint"]:
@@ -202,13 +203,14 @@ def model_config(
     seed: int = 0,
     preprocess: str = "imagenet",
     resize: str = "stretch",
+    bit_depth: int | None = None,
 ) -> ModelConfig:
-    """Resolve the five model options of the CLI into a :class:`ModelConfig`."""
+    """Resolve the model options of the CLI into a :class:`ModelConfig` (``bit_depth``: see resolve_preprocessing)."""
     spec = get_spec(model)
     return ModelConfig(
         spec=spec,
         weights=resolve_weights(spec, weights, seed),
-        preprocessing=resolve_preprocessing(spec, preprocess, resize),
+        preprocessing=resolve_preprocessing(spec, preprocess, resize, bit_depth),
     )
 
 

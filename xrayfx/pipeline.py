@@ -22,7 +22,14 @@ import numpy as np
 
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
-from xrayfx.exceptions import CacheRepairWarning, ImageDecodeError, SkippedInputsError, UsageError
+from xrayfx.data.quality import low_bit_depth_warning, take_low_bit_depth
+from xrayfx.exceptions import (
+    CacheRepairWarning,
+    ImageDecodeError,
+    ImageQualityWarning,
+    SkippedInputsError,
+    UsageError,
+)
 from xrayfx.extraction.verify import check_reused
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
 from xrayfx.progress import ImageProgress
@@ -60,7 +67,7 @@ class ExtractResult:
     skipped_file: Path | None = None
     providers: list[str] = field(default_factory=list)
     model_path: Path | None = None  # the exact int8 variant used (precision int8), else None
-    repaired: list[str] = field(default_factory=list)  # damaged cache chunks found, invalidated and recomputed
+    warnings: list[str] = field(default_factory=list)  # damaged cache chunks recomputed; 12-bit-looking images
 
     def column(self, name: str) -> np.ndarray:
         """A metadata column ('label', 'patient_id', 'source', …) as an object array."""
@@ -131,6 +138,7 @@ def extract(
     scheduler: str | None = None,
     calibration: str | Path | None = None,
     model_path: str | Path | None = None,
+    keep_degenerate: bool = False,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
@@ -143,6 +151,10 @@ def extract(
     (a folder or manifest; see :func:`xrayfx.quantize.ensure_int8` for the default);
     its cache group is tagged with the calibration set's hash. ``model_path`` names
     the exact registered int8 variant to use instead (what a run was trained with).
+    Degenerate images (constant, tiny, a strip, fully transparent) are skipped with
+    a reason unless ``keep_degenerate``. Warnings (damaged cache chunks recomputed,
+    16-bit images that look 12-bit) go to ``log``, else to Python's warnings, and
+    are listed in ``result.warnings``.
     """
     _check_options(batch_size, workers, runtime, precision)
     check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
@@ -176,7 +188,8 @@ def extract(
             first_of.setdefault(r.image_id, r)
         repaired = check_reused(cache, list(first_of))  # damaged chunks' rows become missing: recomputed below
         for message in repaired:
-            _warn(message, log)
+            _warn(message, log, CacheRepairWarning)
+        take_low_bit_depth()  # forget what earlier decoding in this process noted
         todo = [first_of[i] for i in cache.missing(list(first_of))]
         if todo and scheduler:
             from xrayfx.distributed import extract_missing_distributed
@@ -184,17 +197,20 @@ def extract(
             new_skips, n_new = extract_missing_distributed(
                 todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
                 device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
-                model_path=model_path,
+                model_path=model_path, keep_degenerate=keep_degenerate,
             )
             skipped += new_skips
         elif todo:
             extractor = make_extractor(exported, runtime, precision, device, model_path=model_path)
             providers = list(extractor.providers)
             new_skips, n_new = _extract_missing(
-                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done
+                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done, keep_degenerate
             )
             skipped += new_skips
     seconds = time.perf_counter() - t0
+    low_depth = low_bit_depth_warning(take_low_bit_depth())
+    if low_depth:
+        _warn(low_depth, log, ImageQualityWarning)
 
     bad_ids = {s.image_id for s in skipped if s.image_id}
     usable = [r for r in dataset.ok if r.image_id not in bad_ids]
@@ -216,7 +232,7 @@ def extract(
         seconds=seconds,
         providers=providers,
         model_path=Path(model_path) if model_path is not None else None,
-        repaired=repaired,
+        warnings=repaired + ([low_depth] if low_depth else []),
     )
     if skipped:
         result.skipped_file = write_skipped(skipped, Path(cache_dir) / "logs")
@@ -230,12 +246,12 @@ def extract(
     return result
 
 
-def _warn(message: str, log: Callable[[str], None] | None) -> None:
-    """A warning goes to ``log`` when there is one, else to Python's warnings (the CLI shows both)."""
+def _warn(message: str, log: Callable[[str], None] | None, category: type[Warning]) -> None:
+    """A warning goes to ``log`` when there is one, else to Python's warnings."""
     if log:
         log(f"warning: {message}")
     else:
-        warnings.warn(message, CacheRepairWarning, stacklevel=3)
+        warnings.warn(message, category, stacklevel=3)
 
 
 def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
@@ -280,6 +296,7 @@ def _extract_missing(
     workers: int,
     show_progress: bool,
     on_chunk_done: Callable[[int], None] | None,
+    keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
     from xrayfx.images import load_image
 
@@ -304,7 +321,7 @@ def _extract_missing(
             on_chunk_done(chunks_done)
 
     with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
-        stream = decoded_stream(todo, lambda p: load_image(p, prep), workers, lookahead=max(2 * cache.chunk_rows, 8))
+        stream = decoded_stream(todo, lambda p: load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
         for record, image, reason in stream:
             if image is None:
                 skips.append(Skip(str(record.path), reason or "", record.image_id or ""))

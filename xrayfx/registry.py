@@ -209,6 +209,7 @@ class Preprocessing:
     resize: str  # "stretch" (the paper) or "crop" (centre crop after resizing the shorter side)
     input_size: tuple[int, int]  # (height, width)
     option: str = "imagenet"  # the user-facing --preprocess value it came from
+    bit_depth: int | None = None  # --bit-depth: significant bits of 16-bit PNGs (None: sBIT, else 16)
 
     @staticmethod
     def _resolve(ref: str) -> Callable[..., Any]:
@@ -221,6 +222,8 @@ class Preprocessing:
             "resize": self.resize,
             "input_size": list(self.input_size),
             "option": self.option,
+            # recorded (and fingerprinted) only when set, so existing caches keep their keys
+            **({"bit_depth": self.bit_depth} if self.bit_depth is not None else {}),
         }
 
     def apply(self, pixels: Any) -> Any:
@@ -242,13 +245,18 @@ def normalise_pixels(x: Any, mode: str) -> Any:
 
 
 def resolve_preprocessing(
-    spec: BackboneSpec, preprocess: str = "imagenet", resize: str = "stretch"
+    spec: BackboneSpec, preprocess: str = "imagenet", resize: str = "stretch", bit_depth: int | None = None
 ) -> Preprocessing:
     """Resolve the preprocessing from a spec and the explicit user options.
 
     ``preprocess="imagenet"`` is the backbone's own Keras preprocessing;
-    ``"paper"`` scales to [0, 1] as Cuijpers et al. did.
+    ``"paper"`` scales to [0, 1] as Cuijpers et al. did. ``bit_depth`` (8..16)
+    overrides the significant bits of 16-bit PNGs (e.g. 12 for 12-bit data stored
+    without an sBIT chunk); it changes pixels, so it is part of the fingerprint.
     """
+    if bit_depth is not None and (isinstance(bit_depth, bool) or not isinstance(bit_depth, int)
+                                  or not 8 <= bit_depth <= 16):
+        raise UsageError(f"--bit-depth must be an integer from 8 to 16 (e.g. 12 for 12-bit data); got {bit_depth!r}")
     if preprocess not in PREPROCESS_OPTIONS:
         raise UsageError(
             f"Unknown --preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESS_OPTIONS)}"
@@ -256,4 +264,5 @@ def resolve_preprocessing(
     if resize not in RESIZE_OPTIONS:
         raise UsageError(f"Unknown --resize {resize!r}; choose one of: {', '.join(RESIZE_OPTIONS)}")
     normalise = spec.preprocess_mode if preprocess == "imagenet" else "unit"
-    return Preprocessing(normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess)
+    return Preprocessing(normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess,
+                         bit_depth=bit_depth)

@@ -430,6 +430,7 @@ def _train_fold(
             main_group=extracted.cache_path.name, runtime=jitter["runtime"], precision=jitter["precision"],
             device=jitter["device"], batch_size=jitter["batch_size"], workers=jitter["workers"],
             progress=jitter["progress"], log=log, model_path=extracted.model_path,
+            keep_degenerate=jitter.get("keep_degenerate", False),
         )
         with source:
             source.prefetch(0)
@@ -517,6 +518,8 @@ def fit_head(
     log: Log | None = print,
     config: ModelConfig | None = None,
     jitter_params: Any = None,
+    keep_degenerate: bool = False,
+    bit_depth: int | None = None,
 ) -> Run:
     """Extract what is not cached, split without leakage, balance, train a head; write and return the run.
 
@@ -525,7 +528,9 @@ def fit_head(
     sampler, the head and the jitter. ``head_params`` are passed to the head
     (``epochs``, ``batch_size``, ``learning_rate``, ``momentum``, ``dropout``,
     ``units`` for the paper's head; the paper head's ``dropout`` defaults to the
-    backbone spec's). See the module docstring for the decision rules.
+    backbone spec's). See the module docstring for the decision rules. ``keep_degenerate``
+    embeds degenerate images instead of skipping them; ``bit_depth`` sets the significant
+    bits of 16-bit PNGs (part of the preprocessing, recorded in the run).
     """
     from xrayfx.augment import JitterParams
     from xrayfx.datasets import load_dataset
@@ -540,7 +545,7 @@ def fit_head(
     )
     jparams = jitter_params or JitterParams()
     cache_dir = Path(cache_dir)
-    config = config or model_config(model, weights, seed, preprocess, resize)
+    config = config or model_config(model, weights, seed, preprocess, resize, bit_depth)
     run_id = run_id or default_run_id(config.spec.name, opts.head, cache_dir)
     final = runs_root(cache_dir) / run_id
     if final.exists():
@@ -556,7 +561,7 @@ def fit_head(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     extracted = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
-        batch_size=batch_size, workers=workers, progress=progress, log=log,
+        batch_size=batch_size, workers=workers, progress=progress, log=log, keep_degenerate=keep_degenerate,
     )
     rows = _select_rows(extracted, opts.labels)
     if rows.left_out:
@@ -604,7 +609,8 @@ def fit_head(
         write_split(sp, writer.path(SPLIT_FILE))
         writer.add(SPLIT_FILE)
         jitter = {"params": jparams, "runtime": runtime, "precision": precision, "device": device,
-                  "batch_size": batch_size, "workers": workers, "progress": progress}
+                  "batch_size": batch_size, "workers": workers, "progress": progress,
+                  "keep_degenerate": keep_degenerate}
         results: list[_FoldResult] = []
         for f in fold_list:
             res = _train_fold(
@@ -866,7 +872,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> Dataset:
     """Images to predict: image files, folders (searched recursively) and CSV manifests, hashed."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from xrayfx.data.files import scan_folder, sha256_regular
     from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import ImageDecodeError
     from xrayfx.images import is_image_path
 
     if not inputs:
@@ -878,10 +886,11 @@ def collect_inputs(inputs: Sequence[str | Path]) -> Dataset:
         if not p.exists():
             raise DataError(f"Expected an image, folder or manifest at {p}; got nothing there. Fix: check the path.")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            found, refused = scan_folder(p, is_image_path)  # special files and symlinked folders are listed
             if not found:
                 raise DataError(f"Expected image files (PNG, JPEG, DICOM) under {p}; got none.")
             records += [ImageRecord(path=f, label=None) for f in found]
+            records += [ImageRecord(path=f, label=None, error=reason) for f, reason in refused]
         elif p.suffix.lower() == ".csv":
             ds = load_dataset(p)
             records += ds.records
@@ -893,7 +902,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> Dataset:
         if r.image_id is not None or r.error is not None:
             return
         try:
-            r.image_id = sha256_file(r.path)
+            r.image_id = sha256_regular(r.path)  # a FIFO, socket or device is refused, never read
+        except ImageDecodeError as exc:
+            r.error = exc.reason
         except PermissionError:
             r.error = "permission denied: make the file readable"
 
@@ -917,6 +928,7 @@ def predict(
     workers: int = 2,
     progress: bool = True,
     log: Log | None = print,
+    keep_degenerate: bool = False,
 ) -> PredictResult:
     """Predict images with a run's backbone, preprocessing, head(s) and decision threshold.
 
@@ -950,7 +962,7 @@ def predict(
     extracted = extract(
         data=dataset, config=model, cache_dir=data_cache, device=device, runtime=cfg.get("runtime", "onnxruntime"),
         precision=cfg.get("precision", "fp32"), batch_size=batch_size, workers=workers, progress=progress, log=log,
-        model_path=_run_int8_model(model, data_cache, cfg),
+        model_path=_run_int8_model(model, data_cache, cfg), keep_degenerate=keep_degenerate,
     )
     decision = cfg["decision"]
     thr = float(decision["threshold"])

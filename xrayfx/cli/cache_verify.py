@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from xrayfx.cli import console, err_console
+from xrayfx.cli import console
 from xrayfx.cli.core import cache_app
 from xrayfx.cli.options import CacheDir
 
@@ -15,7 +15,7 @@ from xrayfx.cli.options import CacheDir
 @cache_app.command("verify")
 def cache_verify(
     groups: Annotated[
-        Optional[list[str]], typer.Argument(help="Cache group names (see `xrayfx cache ls`); default: all.")
+        Optional[list[str]], typer.Argument(metavar="GROUP", help="Cache group names (see `xrayfx cache ls`); default: all.")
     ] = None,
     model: Annotated[
         Optional[list[str]], typer.Option("--model", "-m", help="Only the groups of this backbone (repeatable).")
@@ -27,9 +27,7 @@ def cache_verify(
 ) -> None:
     """Read every chunk of the cache groups and report damage (exit 1), or repair it with --repair.
 
-    Damage: a chunk file that cannot be decoded (checksum mismatch, truncated), a missing chunk
-    file under valid rows, or valid rows holding NaN or inf. Repair never patches data: it marks
-    the damaged chunks' rows not done, so the next `xrayfx extract` recomputes exactly those.
+    Damage: a chunk file that cannot be decoded (checksum mismatch, truncated), a missing chunk file under valid rows, or valid rows holding NaN or inf. Repair never patches data: it marks the damaged chunks' rows not done, so the next `xrayfx extract` recomputes exactly those. (extract itself checks every chunk it reuses and does the same, with a warning.)
 
     Example: xrayfx cache verify --cache-dir cache --repair
     """
@@ -46,11 +44,12 @@ def cache_verify(
         damaged += len(report["damage"])
         _print_report(report, repair)
     if damaged and not repair:
-        err_console.print(
+        from xrayfx.exceptions import CacheError
+
+        raise CacheError(  # exit 1
             f"{damaged} damaged chunk(s) found; run `xrayfx cache verify --repair --cache-dir {cache_dir}` to mark "
-            "their rows not done, then rerun extract to recompute them", highlight=False, soft_wrap=True, markup=False,
+            "their rows not done (or simply rerun extract, which does the same), then extract to recompute them"
         )
-        raise typer.Exit(1)
 
 
 def _select_groups(cache_dir: Path, names: list[str], models: list[str]) -> list:

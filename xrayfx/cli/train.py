@@ -8,7 +8,18 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+from xrayfx.cli.options import (
+    BitDepth,
+    CacheDir,
+    Data,
+    Device,
+    KeepDegenerate,
+    Model,
+    Preprocess,
+    Resize,
+    Seed,
+    Weights,
+)
 
 
 def _log(message: str) -> None:
@@ -63,6 +74,8 @@ def fit_head_cmd(
     dropout: Annotated[Optional[float], typer.Option(
         "--dropout", help="Paper head: dropout (default: the backbone's, see `xrayfx models`).")] = None,
     units: Annotated[Optional[int], typer.Option("--units", help="Paper head: hidden units (128).")] = None,
+    keep_degenerate: KeepDegenerate = False,
+    bit_depth: BitDepth = None,
 ) -> None:
     """Train a head on a backbone's embeddings (extracting whatever is not cached yet) and write a run.
 
@@ -81,7 +94,7 @@ def fit_head_cmd(
         split=split, test_size=test_size, val_size=val_size, split_seed=split_seed, folds=folds, labels=labels,
         positive=positive, head=head, head_params=head_params, balance=balance, k_neighbors=k_neighbors,
         augment=augment, train_seed=train_seed, run_id=run_id, allow_leakage=allow_leakage, device=device,
-        progress=True, log=_log,
+        progress=True, log=_log, keep_degenerate=keep_degenerate, bit_depth=bit_depth,
     )
     _print_run(run)
 
@@ -131,6 +144,7 @@ def predict_cmd(
         "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).")]
     = None,
     device: Device = "cpu",
+    keep_degenerate: KeepDegenerate = False,
 ) -> None:
     """Predict images with a run's backbone, preprocessing, head and decision threshold.
 
@@ -141,7 +155,7 @@ def predict_cmd(
     from xrayfx.train import predict, write_stdout
 
     result = predict(run, inputs, cache_dir=cache_dir, output=output, device=device,
-                     progress=output is not None, log=_log)
+                     progress=output is not None, log=_log, keep_degenerate=keep_degenerate)
     if output is None:
         write_stdout(result.csv_text())
     else:
