@@ -173,11 +173,11 @@ def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mo
     real = images.load_image
     calls = {"n": 0}
 
-    def flaky(path, prep):
+    def flaky(path, prep, *rest):
         calls["n"] += 1
         if calls["n"] > 20:
             raise RuntimeError("a bug, not a bad file")
-        return real(path, prep)
+        return real(path, prep, *rest)
 
     monkeypatch.setattr(images, "load_image", flaky)
     with pytest.raises(RuntimeError, match="a bug"):

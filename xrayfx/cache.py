@@ -160,11 +160,16 @@ class EmbeddingCache:
             rows = np.flatnonzero(done)
             if len(rows):
                 ids, bad = self._read_by_chunk(self.ids, 0)
-                rows = np.array([r for r in rows if r // self.chunk_rows not in bad], dtype=np.int64)
+                if bad:  # rows of an undecodable ids chunk have no trustworthy id: not indexed
+                    rows = rows[~np.isin(rows // self.chunk_rows, bad)]
             else:
                 ids = np.zeros((0, ID_BYTES), np.uint8)
             self._index = {bytes(ids[r]).hex(): int(r) for r in rows}
         return self._index
+
+    def done_mask(self) -> np.ndarray:
+        """The done flags of every row (a copy); see :meth:`_done_mask`."""
+        return self._done_mask()
 
     def _done_mask(self) -> np.ndarray:
         """The done flags; a chunk whose flags cannot be decoded reads as not done (and is remembered)."""

@@ -113,7 +113,7 @@ def _key(cache: EmbeddingCache, name: str, chunk: int) -> str:
 
 def _chunks_missing_files(cache: EmbeddingCache) -> list[int]:
     """Chunks with valid rows whose embeddings or ids chunk file is gone (a cheap check: no decoding)."""
-    done = cache._done_mask()
+    done = cache.done_mask()
     out = []
     for c in np.unique(np.flatnonzero(done) // cache.chunk_rows):
         if any(not (cache.path / n / _key(cache, n, int(c))).is_file() for n in ("embeddings", "ids")):
