@@ -16,6 +16,9 @@ import numpy as np
 
 from xrayfx.cache import CHUNK_READ_ERRORS, EmbeddingCache
 
+#: Chunks read per zarr call when checking (256 chunks of 32 rows of 2048 floats: 64 MiB).
+BLOCK_CHUNKS = 256
+
 
 @dataclass
 class ChunkDamage:
@@ -59,10 +62,33 @@ def check_chunk(cache: EmbeddingCache, chunk: int) -> ChunkDamage | None:
 
 
 def find_damage(cache: EmbeddingCache, chunks: Iterable[int] | None = None) -> list[ChunkDamage]:
-    """Check the given chunks (default: every chunk of the group); the damaged ones, in chunk order."""
+    """Check the given chunks (default: every chunk of the group); the damaged ones, in chunk order.
+
+    Reads blocks of :data:`BLOCK_CHUNKS` chunks at once (one zarr call per array
+    instead of one per chunk); only a block that fails to decode, or whose valid
+    rows hold NaN, inf or zeroed ids, is examined chunk by chunk.
+    """
     n_chunks = cache.done.shape[0] // cache.chunk_rows
-    todo = range(n_chunks) if chunks is None else sorted(set(chunks))
-    return [d for c in todo if (d := check_chunk(cache, c)) is not None]
+    todo = sorted(set(range(n_chunks) if chunks is None else chunks))
+    suspects: list[int] = []
+    for start in range(0, n_chunks, BLOCK_CHUNKS):
+        wanted = [c for c in todo if start <= c < start + BLOCK_CHUNKS]
+        if wanted:
+            suspects += _suspects_in_block(cache, start, min(start + BLOCK_CHUNKS, n_chunks), wanted)
+    return [d for c in suspects if (d := check_chunk(cache, c)) is not None]
+
+
+def _suspects_in_block(cache: EmbeddingCache, first: int, stop: int, wanted: list[int]) -> list[int]:
+    r0, r1 = first * cache.chunk_rows, stop * cache.chunk_rows
+    try:
+        done = np.asarray(cache.done[r0:r1], dtype=bool)
+        emb = np.asarray(cache.embeddings[r0:r1])
+        ids = np.asarray(cache.ids[r0:r1])
+    except CHUNK_READ_ERRORS:
+        return wanted  # some chunk of the block cannot be decoded: look at each
+    bad_row = done & (~np.isfinite(emb).all(axis=1) | (ids == 0).all(axis=1))
+    bad_chunks = set((np.flatnonzero(bad_row) // cache.chunk_rows + first).tolist())
+    return [c for c in wanted if c in bad_chunks]
 
 
 def repair(cache: EmbeddingCache, damage: Sequence[ChunkDamage]) -> int:
