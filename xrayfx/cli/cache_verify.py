@@ -48,7 +48,7 @@ def cache_verify(
 
         raise CacheError(  # exit 1
             f"{damaged} damaged chunk(s) found; run `xrayfx cache verify --repair --cache-dir {cache_dir}` to mark "
-            "their rows not done (or simply rerun extract, which does the same), then extract to recompute them"
+            "their rows not done, then extract again to recompute them (extract also repairs the chunks it reuses)"
         )
 
 
@@ -57,6 +57,11 @@ def _select_groups(cache_dir: Path, names: list[str], models: list[str]) -> list
     from xrayfx.exceptions import UsageError
 
     groups = list_groups(cache_dir)
+    if not groups:
+        raise UsageError(
+            f"expected cache groups under {cache_dir}/embeddings; got none (nothing extracted there yet): "
+            "check --cache-dir"
+        )
     known = {g.path.name for g in groups}
     unknown = [n for n in names if n not in known]
     if unknown:
