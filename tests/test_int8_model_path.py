@@ -57,16 +57,16 @@ def test_jitter_source_runs_the_runs_int8_model_with_two_registered(two_calibrat
 
 def test_report_and_predict_find_the_runs_int8_model_from_its_cache_group(two_calibrations, mobilenet_config):
     from xrayfx.pipeline import extract
-    from xrayfx.quantize import int8_model_of_group
-    from xrayfx.report.build import run_int8_model
+    from xrayfx.quantize import int8_model_of_group, int8_model_of_run
     from xrayfx.runtimes import make_extractor
 
     t = two_calibrations
     group_b = f"{t.exported.path.stem}-onnxruntime-{t.b.cache_precision}"
-    run = SimpleNamespace(config={"precision": "int8", "cache_group": group_b})
-    assert run_int8_model(run, t.exported) == t.b.path
-    assert run_int8_model(SimpleNamespace(config={"precision": "fp32", "cache_group": "x"}), t.exported) is None
-    extractor = make_extractor(t.exported, "onnxruntime", "int8", "cpu", model_path=run_int8_model(run, t.exported))
+    run_config = {"precision": "int8", "cache_group": group_b}  # what a run records
+    assert int8_model_of_run(t.exported, run_config) == t.b.path
+    assert int8_model_of_run(t.exported, {"precision": "fp32", "cache_group": "x"}) is None
+    extractor = make_extractor(t.exported, "onnxruntime", "int8", "cpu",
+                               model_path=int8_model_of_run(t.exported, run_config))
     assert extractor.path == t.b.path
     again = extract(data=t.data, config=mobilenet_config, cache_dir=t.cache, precision="int8", model_path=t.b.path,
                     progress=False)

@@ -319,6 +319,13 @@ def int8_model_of_group(exported: ExportedModel, cache_group: str | None) -> Pat
     return int8_variant_at(exported, path).path
 
 
+def int8_model_of_run(exported: ExportedModel, run_config: dict[str, Any]) -> Path | None:
+    """The exact int8 model a run was trained with (from its recorded cache group); None for other precisions."""
+    if str(run_config.get("precision") or "fp32") != "int8":
+        return None
+    return int8_model_of_group(exported, run_config.get("cache_group"))
+
+
 def int8_variant_at(exported: ExportedModel, path: str | os.PathLike[str]) -> VariantModel:
     """The registered int8 variant of ``exported`` at ``path``; IntegrityError if there is none."""
     variant = load_variant(Path(path), exported)

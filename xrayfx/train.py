@@ -802,16 +802,6 @@ def _run_config(
     }
 
 
-def _run_int8_model(model: ModelConfig, cache_dir: Path, cfg: dict[str, Any]) -> Path | None:
-    """The exact int8 model a run was trained with (from its cache group), or None for other precisions."""
-    if cfg.get("precision") != "int8":
-        return None
-    from xrayfx.export import export_model
-    from xrayfx.quantize import int8_model_of_group
-
-    return int8_model_of_group(export_model(model, cache_dir), cfg.get("cache_group"))
-
-
 def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -939,8 +929,10 @@ def predict(
     Writes CSV ``path,image_id,p_<label>…,predicted,threshold`` to ``output``
     when given.
     """
+    from xrayfx.export import export_model
     from xrayfx.heads.persist import load_head
     from xrayfx.pipeline import extract
+    from xrayfx.quantize import int8_model_of_run
     from xrayfx.util import atomic_write_text
 
     log = log or (lambda _m: None)
@@ -962,7 +954,8 @@ def predict(
     extracted = extract(
         data=dataset, config=model, cache_dir=data_cache, device=device, runtime=cfg.get("runtime", "onnxruntime"),
         precision=cfg.get("precision", "fp32"), batch_size=batch_size, workers=workers, progress=progress, log=log,
-        model_path=_run_int8_model(model, data_cache, cfg), keep_degenerate=keep_degenerate,
+        model_path=int8_model_of_run(export_model(model, data_cache), cfg) if cfg.get("precision") == "int8" else None,
+        keep_degenerate=keep_degenerate,
     )
     decision = cfg["decision"]
     thr = float(decision["threshold"])

@@ -15,7 +15,8 @@ from xrayfx.cli.options import CacheDir
 @cache_app.command("verify")
 def cache_verify(
     groups: Annotated[
-        Optional[list[str]], typer.Argument(metavar="GROUP", help="Cache group names (see `xrayfx cache ls`); default: all.")
+        Optional[list[str]],
+        typer.Argument(metavar="GROUP", help="Cache group names (see `xrayfx cache ls`); default: all."),
     ] = None,
     model: Annotated[
         Optional[list[str]], typer.Option("--model", "-m", help="Only the groups of this backbone (repeatable).")
@@ -57,17 +58,17 @@ def _select_groups(cache_dir: Path, names: list[str], models: list[str]) -> list
     from xrayfx.exceptions import UsageError
 
     groups = list_groups(cache_dir)
-    if not groups:
-        raise UsageError(
-            f"expected cache groups under {cache_dir}/embeddings; got none (nothing extracted there yet): "
-            "check --cache-dir"
-        )
     known = {g.path.name for g in groups}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(
             f"no cache group {unknown[0]!r} under {cache_dir}/embeddings; expected one of: "
             f"{', '.join(sorted(known)) or 'none (nothing extracted yet)'} (see `xrayfx cache ls`)"
+        )
+    if not groups:
+        raise UsageError(
+            f"expected cache groups under {cache_dir}/embeddings; got none (nothing extracted there yet): "
+            "check --cache-dir"
         )
     selected = [g for g in groups if (not names or g.path.name in names)
                 and (not models or g.attrs.get("model", {}).get("backbone") in models)]

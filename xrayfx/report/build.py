@@ -460,6 +460,7 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     """Re-run extraction on the run's manifest (a cache hit); return (ExtractResult or None, notes)."""
     from xrayfx.export import ModelConfig, export_model
     from xrayfx.pipeline import extract
+    from xrayfx.quantize import int8_model_of_run
 
     notes: list[str] = []
     model = run.model_dict
@@ -482,7 +483,7 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     precision = str(run.config.get("precision") or "fp32")
     config = ModelConfig.from_dict(model)
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
-    model_path = run_int8_model(run, export_model(config, cache_dir)) if precision == "int8" else None
+    model_path = int8_model_of_run(export_model(config, cache_dir), run.config) if precision == "int8" else None
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
                      progress=False, model_path=model_path)
     return result, notes
@@ -501,19 +502,11 @@ def _run_images(run: RunData, extracted: Any) -> tuple[np.ndarray, list[dict[str
     return np.asarray(idx, dtype=np.int64), meta
 
 
-def run_int8_model(run: RunData, exported: Any) -> Path | None:
-    """The exact int8 model the run was trained with (from its cache group); None for other precisions."""
-    from xrayfx.quantize import int8_model_of_group
-
-    if str(run.config.get("precision") or "fp32") != "int8":
-        return None
-    return int8_model_of_group(exported, run.config.get("cache_group"))
-
-
 def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Masked-lung ablation of the run's test images, scored by the run's own head(s)."""
     from xrayfx.export import ModelConfig, export_model
     from xrayfx.heads.persist import load_head
+    from xrayfx.quantize import int8_model_of_run
     from xrayfx.runtimes import make_extractor
 
     model = run.model_dict
@@ -524,7 +517,7 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
     exported = export_model(config, cache_dir)
     runtime = str(run.config.get("runtime") or "onnxruntime")
     precision = str(run.config.get("precision") or "fp32")
-    extractor = make_extractor(exported, runtime, precision, "cpu", model_path=run_int8_model(run, exported))
+    extractor = make_extractor(exported, runtime, precision, "cpu", model_path=int8_model_of_run(exported, run.config))
     part, fold = run.column("split"), run.fold
     paths, labels = run.column("path"), run.column("label")
     test = np.flatnonzero(part == "test")
