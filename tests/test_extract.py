@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,9 @@ def test_second_concurrent_extract_fails_fast_naming_the_holder(forty_mixed, mob
     from xrayfx.pipeline import open_cache
 
     cache_dir = tmp_path / "cache"
+    (cache_dir / "models").mkdir(parents=True)
+    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):  # the same model, so the group matches it
+        shutil.copy(f, cache_dir / "models" / f.name)
     cache = open_cache(mobilenet_config, mobilenet_export, cache_dir)
     with cache.locked():
         proc = subprocess.run(
@@ -184,11 +188,11 @@ def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mo
     real = images.load_image
     calls = {"n": 0}
 
-    def flaky(path, prep):
+    def flaky(path, prep, *rest):
         calls["n"] += 1
         if calls["n"] > 20:
             raise RuntimeError("a bug, not a bad file")
-        return real(path, prep)
+        return real(path, prep, *rest)
 
     monkeypatch.setattr(images, "load_image", flaky)
     with pytest.raises(RuntimeError, match="a bug"):

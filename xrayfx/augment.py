@@ -203,6 +203,8 @@ class JitterSource:
         progress: bool = False,
         log: Callable[[str], None] | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        model_path: str | Path | None = None,
+        keep_degenerate: bool = False,
     ):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UsageError(f"Expected --augment N to be a positive integer here; got {n!r}.")
@@ -223,6 +225,8 @@ class JitterSource:
         self.epochs = int(epochs)
         self.params = params
         self.runtime, self.precision, self.device = runtime, precision, device
+        self.model_path = model_path  # the exact int8 variant (precision int8); None: the only registered one
+        self.keep_degenerate = keep_degenerate  # as the extraction that chose the training images
         self.batch_size = int(batch_size)
         self.workers = max(1, int(workers))
         self.progress = progress
@@ -243,6 +247,7 @@ class JitterSource:
             self.cache = EmbeddingCache.open_or_create(
                 cache, jitter_group_name(main, params), config.spec.embedding_size, attrs, chunk_rows
             )
+        self.cache.check_source(exported.sidecar.get("onnx_sha256"))
         self._extractor: Embedder | None = None
         self._bases: dict[str, np.ndarray] = {}
         self._futures: dict[int, Future] = {}
@@ -307,7 +312,7 @@ class JitterSource:
         image_id = self.image_ids[index]
         img = self._bases.get(image_id)
         if img is None:
-            img = load_image(self.paths[index], self.config.preprocessing)
+            img = load_image(self.paths[index], self.config.preprocessing, self.keep_degenerate)
             self._bases[image_id] = img
         return img
 
@@ -324,7 +329,9 @@ class JitterSource:
         self.stats.n_cached += len(keys) - len(todo)
         if todo:
             if self._extractor is None:
-                self._extractor = make_extractor(self.exported, self.runtime, self.precision, self.device)
+                self._extractor = make_extractor(
+                    self.exported, self.runtime, self.precision, self.device, model_path=self.model_path
+                )
                 self.stats.sessions_built += 1
             rows = self.cache.chunk_rows
             chunks = iter(self.cache.allocate_chunks(math.ceil(len(todo) / rows)))

@@ -37,6 +37,8 @@ from xrayfx.util import library_versions
 
 DEFAULT_CHUNK_ROWS = 32
 ID_BYTES = 32
+#: What zarr's codecs raise for a damaged chunk file (crc32c mismatch, truncated bytes) or a failed read.
+CHUNK_READ_ERRORS = (ValueError, OSError, EOFError)
 
 
 def group_name(stem: str, runtime: str = "onnxruntime", precision: str = "fp32") -> str:
@@ -67,6 +69,7 @@ class EmbeddingCache:
         self.chunk_rows = int(self.embeddings.chunks[0])
         self.dim = int(self.embeddings.shape[1])
         self._index: dict[str, int] | None = None
+        self.unreadable_done_chunks: list[int] = []  # chunks whose done flags could not be decoded
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -112,6 +115,21 @@ class EmbeddingCache:
                 raise
         return cls(path)
 
+    def check_source(self, onnx_sha256: str | None, what: str = "ONNX model") -> None:
+        """Refuse a group written by another model than the one in use (``onnx_sha256`` attribute).
+
+        Called on every open for reading or writing: an ONNX file replaced together
+        with its sidecar would otherwise mix two models' embeddings in one group.
+        """
+        recorded = self.group.attrs.get("onnx_sha256")
+        if recorded is not None and onnx_sha256 is not None and recorded != onnx_sha256:
+            raise IntegrityError(
+                f"cache group {self.path} was written by the {what} with sha256 {str(recorded)[:16]}…, but the "
+                f"{what} in use has sha256 {onnx_sha256[:16]}…: the model was re-exported or replaced since. "
+                f"Its embeddings belong to the old model: remove the group (rm -r {self.path}) and extract again, "
+                "or restore the model it was written with"
+            )
+
     # ------------------------------------------------------------------ locking
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -140,13 +158,50 @@ class EmbeddingCache:
         if self._index is None or refresh:
             done = self._done_mask()
             rows = np.flatnonzero(done)
-            ids = self.ids[:] if len(rows) else np.zeros((0, ID_BYTES), np.uint8)
+            if len(rows):
+                ids, bad = self._read_by_chunk(self.ids, 0)
+                if bad:  # rows of an undecodable ids chunk have no trustworthy id: not indexed
+                    rows = rows[~np.isin(rows // self.chunk_rows, bad)]
+            else:
+                ids = np.zeros((0, ID_BYTES), np.uint8)
             self._index = {bytes(ids[r]).hex(): int(r) for r in rows}
         return self._index
 
+    def done_mask(self) -> np.ndarray:
+        """The done flags of every row (a copy); see :meth:`_done_mask`."""
+        return self._done_mask()
+
     def _done_mask(self) -> np.ndarray:
-        n = self.done.shape[0]
-        return np.asarray(self.done[:], dtype=bool) if n else np.zeros(0, dtype=bool)
+        """The done flags; a chunk whose flags cannot be decoded reads as not done (and is remembered)."""
+        mask, self.unreadable_done_chunks = self._read_by_chunk(self.done, False)
+        return mask.astype(bool, copy=False)
+
+    def _read_by_chunk(self, array: Any, fill: Any) -> tuple[np.ndarray, list[int]]:
+        """A whole array; if a chunk cannot be decoded, read chunk by chunk and fill the bad ones."""
+        if not array.shape[0]:
+            return np.zeros(array.shape, dtype=array.dtype), []
+        try:
+            return np.asarray(array[:]), []
+        except CHUNK_READ_ERRORS:
+            pass
+        out = np.full(array.shape, fill, dtype=array.dtype)
+        bad = []
+        for c in range(array.shape[0] // self.chunk_rows):
+            r0, r1 = c * self.chunk_rows, (c + 1) * self.chunk_rows
+            try:
+                out[r0:r1] = array[r0:r1]
+            except CHUNK_READ_ERRORS:
+                bad.append(c)
+        return out, bad
+
+    def damaged(self, chunk: int, reason: str) -> CacheError:
+        """The error for a damaged chunk met while reading: what, where, and the command that repairs it."""
+        r0, r1 = chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows
+        return CacheError(
+            f"cache group {self.path.name}: chunk {chunk} (rows {r0}-{r1 - 1}) is damaged: {reason}. Its rows "
+            f"are not used. Run `xrayfx cache verify --repair --cache-dir {self.path.parent.parent} "
+            f"{self.path.name}`, then extract again to recompute them"
+        )
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.index()
@@ -175,8 +230,19 @@ class EmbeddingCache:
         if rows.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         uniq, inverse = np.unique(rows, return_inverse=True)
-        emb = np.asarray(self.embeddings.oindex[uniq, :], dtype=np.float32)
-        stored = np.asarray(self.ids.oindex[uniq, :], dtype=np.uint8)
+        try:
+            emb = np.asarray(self.embeddings.oindex[uniq, :], dtype=np.float32)
+            stored = np.asarray(self.ids.oindex[uniq, :], dtype=np.uint8)
+        except CHUNK_READ_ERRORS as exc:
+            chunk = self._first_unreadable_chunk(uniq)
+            raise self.damaged(chunk, f"it cannot be decoded ({exc})") from None
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            bad_row = int(uniq[np.flatnonzero(~finite)[0]])
+            raise self.damaged(
+                bad_row // self.chunk_rows, f"{int((~finite).sum())} valid row(s) hold NaN or inf (a missing or "
+                "overwritten embeddings chunk)"
+            )
         row_to_id = {idx[i]: i for i in image_ids}
         expected = _ids_to_bytes([row_to_id[int(r)] for r in uniq])
         if not np.array_equal(stored, expected):
@@ -185,6 +251,16 @@ class EmbeddingCache:
                 "the group is corrupted: delete it and re-extract"
             )
         return emb[inverse]
+
+    def _first_unreadable_chunk(self, rows: np.ndarray) -> int:
+        for c in sorted({int(r) // self.chunk_rows for r in rows}):
+            r0, r1 = self._chunk_span(c)
+            try:
+                self.embeddings[r0:r1]
+                self.ids[r0:r1]
+            except CHUNK_READ_ERRORS:
+                return c
+        return -1
 
     # ------------------------------------------------------------------ writing
     def allocate_chunks(self, n_chunks: int) -> list[int]:
@@ -254,6 +330,16 @@ class EmbeddingCache:
             for k, i in enumerate(image_ids):
                 self._index[i] = r0 + k
 
+    def mark_not_done(self, chunk: int) -> None:
+        """Invalidate every row of one chunk (a damaged one): the next extract recomputes them.
+
+        Writes the whole done chunk, so it works even when the old flags cannot be decoded.
+        The caller holds the lock.
+        """
+        r0, r1 = self._chunk_span(chunk)
+        self.done[r0:r1] = np.zeros(self.chunk_rows, dtype=bool)
+        self._index = None
+
     def chunk_digest(self, chunk: int) -> str:
         """sha256 over one chunk's stored embeddings and ids bytes."""
         r0, r1 = self._chunk_span(chunk)
@@ -272,7 +358,11 @@ class EmbeddingCache:
 
     def _check_chunk_free(self, chunk: int) -> None:
         r0, r1 = self._chunk_span(chunk)
-        if np.asarray(self.done[r0:r1], dtype=bool).any():  # reads this chunk only
+        try:
+            flags = np.asarray(self.done[r0:r1], dtype=bool)  # reads this chunk only
+        except CHUNK_READ_ERRORS as exc:
+            raise self.damaged(chunk, f"its done flags cannot be decoded ({exc})") from None
+        if flags.any():
             raise CacheError(f"chunk {chunk} of {self.path.name} already holds valid rows; it is never rewritten")
 
     def _write_ids(self, r0: int, r1: int, ids: np.ndarray) -> None:

@@ -15,8 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
-from xrayfx.exceptions import DataError
-from xrayfx.util import sha256_file
+from xrayfx.data.files import scan_folder, sha256_regular
+from xrayfx.exceptions import DataError, ImageDecodeError
 
 META_COLUMNS = ("patient_id", "source", "view", "age_group")
 
@@ -97,12 +97,11 @@ def _read_folder(root: Path) -> Dataset:
             f"{root} has no class subfolders; expected e.g. {root}/covid/*.png and {root}/normal/*.png, "
             "or pass a CSV manifest"
         )
-    records = [
-        ImageRecord(path=f, label=d.name)
-        for d in class_dirs
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and is_image_path(f)
-    ]
+    records = []
+    for d in class_dirs:
+        found, refused = scan_folder(d, is_image_path)
+        records += [ImageRecord(path=f, label=d.name) for f in found]
+        records += [ImageRecord(path=f, label=d.name, error=reason) for f, reason in refused]
     return Dataset(source=root, kind="folder", records=records, columns=["path", "label"])
 
 
@@ -129,8 +128,12 @@ def _read_manifest(manifest: Path) -> Dataset:
 
 
 def _hash_one(record: ImageRecord) -> None:
+    if record.error is not None:
+        return
     try:
-        record.image_id = sha256_file(record.path)
+        record.image_id = sha256_regular(record.path)  # FIFOs, sockets, devices are refused, never read
+    except ImageDecodeError as exc:
+        record.error = exc.reason
     except FileNotFoundError:
         record.error = "file not found: check the path in the manifest"
     except IsADirectoryError:

@@ -369,7 +369,7 @@ def embed_batch(
         for path, image_id in records:
             out.n_images += 1
             try:
-                pixels.append(images.load_image(path, plugin.prep))
+                pixels.append(images.load_image(path, plugin.prep, getattr(plugin, "keep_degenerate", False)))
                 ids.append(image_id)
             except ImageDecodeError as exc:
                 out.skips.append(Skip(path, exc.reason, image_id))
@@ -418,6 +418,7 @@ def extract_missing_distributed(
     max_in_flight: int | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     model_path: str | Path | None = None,
+    keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
     """Embed ``todo`` on a Dask cluster into ``cache``; the caller holds the cache lock.
 
@@ -454,6 +455,7 @@ def extract_missing_distributed(
         plugin_name = f"xrayfx-extractor-{uuid.uuid4().hex[:12]}"
         plugin = ExtractorPlugin(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
                                  model_file)
+        plugin.keep_degenerate = keep_degenerate  # degenerate images are skipped unless kept
         try:
             try:
                 client.register_plugin(plugin, name=plugin_name)

@@ -97,3 +97,11 @@ class ClusterError(XrayfxError):
 
 class BackboneRefusedError(UsageError):
     """An ONNX file offered to ``xrayfx models add`` that xrayfx cannot run safely; it was not registered."""
+
+
+class CacheRepairWarning(UserWarning):
+    """Damaged cache chunks were found and invalidated; their rows are recomputed."""
+
+
+class ImageQualityWarning(UserWarning):
+    """Images decode but look wrong (e.g. 12-bit data in a 16-bit PNG without sBIT: near-black)."""

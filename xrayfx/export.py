@@ -6,19 +6,22 @@ normalisation live inside the graph, so every runtime is fed uint8 and shares
 one code path.
 
 Exports take several GiB of memory that TensorFlow does not give back, so each
-runs in a child process (``python -m xrayfx.export``), one at a time.
+runs in a child process (``python -m xrayfx.export``), one at a time, under a
+lock per ONNX file so that concurrent callers wait for one export instead of racing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -207,9 +210,10 @@ def model_config(
     seed: int = 0,
     preprocess: str = "imagenet",
     resize: str = "stretch",
+    bit_depth: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> ModelConfig:
-    """Resolve the five model options of the CLI into a :class:`ModelConfig`.
+    """Resolve the model options of the CLI into a :class:`ModelConfig` (``bit_depth``: see resolve_preprocessing).
 
     Every command resolves ``--model`` here: pass ``cache_dir`` so that models added
     to that cache (``xrayfx models add``) resolve too (see :func:`get_spec`).
@@ -218,7 +222,7 @@ def model_config(
     return ModelConfig(
         spec=spec,
         weights=resolve_weights(spec, weights, seed),
-        preprocessing=resolve_preprocessing(spec, preprocess, resize),
+        preprocessing=resolve_preprocessing(spec, preprocess, resize, bit_depth),
     )
 
 
@@ -243,8 +247,11 @@ def export_model(
 ) -> ExportedModel:
     """Export a backbone to ONNX once (in a child process), check parity, register it.
 
-    Returns the existing export when the fingerprint is already registered. An added
-    ONNX backbone is wrapped (uint8 input, preprocessing) instead, without TensorFlow.
+    Returns the existing export when the fingerprint is already registered. The
+    export holds a lock of its own (``<stem>.export.lock`` beside the ONNX file):
+    a second process asking for the same model waits for the first one's export
+    and then uses it, instead of racing it over the same files.
+    An added ONNX backbone is wrapped (uint8 input, preprocessing) instead, without TensorFlow.
     """
     from xrayfx.models.custom import is_added_spec
 
@@ -258,6 +265,36 @@ def export_model(
             return existing
     path = config.onnx_path(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _export_lock(path, config, log):
+        if not force:
+            existing = load_exported(config, cache_dir)  # exported by the process we waited for
+            if existing is not None:
+                return existing
+        return _export_in_child(config, cache_dir, path, parity_images, log)
+
+
+@contextmanager
+def _export_lock(path: Path, config: ModelConfig, log=None) -> Iterator[None]:
+    """Hold the export lock of one ONNX file, waiting (and saying so) while another process holds it."""
+    fd = os.open(path.with_suffix(".export.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            if log:
+                log(f"waiting for process {holder}, which is exporting {config.spec.name}…")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the kernel releases it too if we are killed
+
+
+def _export_in_child(
+    config: ModelConfig, cache_dir: str | Path, path: Path, parity_images: np.ndarray | None, log=None
+) -> ExportedModel:
     request = path.with_suffix(".request.json")
     result = path.with_suffix(".result.json")
     parity_file = None

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from xrayfx.data.files import read_regular_bytes
+from xrayfx.data.quality import TWELVE_BIT_MAX, check_degenerate, note_low_bit_depth
 from xrayfx.exceptions import ImageDecodeError, UsageError
 
 if TYPE_CHECKING:
@@ -108,9 +110,10 @@ def decode_image(
     ``draft_size=(height, width)`` lets JPEG decoding run at a reduced DCT scale
     (1/2, 1/4 or 1/8) that is never smaller than that size, so a later resize still
     downsamples. Other formats ignore it. The file is read once. A missing or
-    unreadable file raises the ``OSError`` of ``open`` (it is not a bad image).
+    unreadable file raises the ``OSError`` of ``open`` (it is not a bad image); a
+    FIFO, socket, device or dangling symlink raises ImageDecodeError without being read.
     """
-    data = Path(path).read_bytes()
+    data = read_regular_bytes(path)
     return decode_image_bytes(data, name=str(path), draft_size=draft_size)
 
 
@@ -158,13 +161,16 @@ def draft_size_for(prep: Preprocessing) -> tuple[int, int]:
     return (int(prep.input_size[0]), int(prep.input_size[1]))
 
 
-def load_image(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], prep: Preprocessing, keep_degenerate: bool = False) -> np.ndarray:
     """Decode one file and resize it to ``prep.input_size``: uint8 (h, w, 3) RGB.
 
     This is the function the pipeline calls per file. Grey images are resized as
     one channel and only then repeated: the same pixels as resizing three channels,
     for a third of the work. JPEGs are decoded in draft mode at no less than
-    ``prep.input_size`` (see :func:`draft_size_for`).
+    ``prep.input_size`` (see :func:`draft_size_for`). Degenerate images (constant,
+    tiny, a strip, fully transparent; see :mod:`xrayfx.data.quality`) raise
+    ImageDecodeError unless ``keep_degenerate``; ``prep.bit_depth`` overrides the
+    significant bits of 16-bit PNGs.
     """
     if prep.resize not in RESIZE_MODES:
         raise UsageError(
@@ -172,7 +178,10 @@ def load_image(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray:
             "Resolve the preprocessing with xrayfx.registry.resolve_preprocessing."
         )
     size = draft_size_for(prep)
-    planes = _decode_planes(Path(path).read_bytes(), str(path), size)
+    data = read_regular_bytes(path)
+    planes = _decode_planes(data, str(path), size, getattr(prep, "bit_depth", None))
+    if not keep_degenerate:
+        check_degenerate(planes, data, str(path))
     return _as_rgb(resize_image(planes, size, prep.resize))
 
 
@@ -228,13 +237,17 @@ def png_significant_bits(data: bytes) -> int | None:
 # --------------------------------------------------------------------------- dispatch
 
 
-def _decode_planes(data: bytes, name: str, draft_size: tuple[int, int] | None) -> np.ndarray:
-    """Decode to uint8 (H, W) for grey or (H, W, 3) for colour."""
+def _decode_planes(
+    data: bytes, name: str, draft_size: tuple[int, int] | None, bit_depth: int | None = None
+) -> np.ndarray:
+    """Decode to uint8 (H, W) for grey or (H, W, 3) for colour; ``bit_depth`` overrides a PNG's sBIT."""
     _check_draft_size(draft_size)
     _reject_non_image(data, name)
     if _is_dicom(data, name):
-        return _decode_dicom(data, name)
-    return _decode_pillow(data, name, draft_size)
+        from xrayfx.data.dicom import decode_dicom
+
+        return decode_dicom(data, name)
+    return _decode_pillow(data, name, draft_size, bit_depth)
 
 
 def _reject_non_image(data: bytes, name: str) -> None:
@@ -330,7 +343,9 @@ def _centre_box(
 # --------------------------------------------------------------------------- Pillow
 
 
-def _decode_pillow(data: bytes, name: str, draft_size: tuple[int, int] | None) -> np.ndarray:
+def _decode_pillow(
+    data: bytes, name: str, draft_size: tuple[int, int] | None, bit_depth: int | None = None
+) -> np.ndarray:
     """Open (header only), check the size, draft, load, orient and convert with Pillow."""
     img = _open_pillow(data, name)
     try:
@@ -341,7 +356,7 @@ def _decode_pillow(data: bytes, name: str, draft_size: tuple[int, int] | None) -
     except _PIL_DATA_ERRORS as exc:
         raise ImageDecodeError(name, _pillow_reason(exc)) from exc
     bits = png_significant_bits(data) if data.startswith(_PNG_SIGNATURE) else None
-    return _to_planes(img, bits, name)
+    return _to_planes(img, bit_depth or bits, name)
 
 
 def _open_pillow(data: bytes, name: str) -> Image.Image:
@@ -473,6 +488,8 @@ def _sixteen_bit_to_uint8(arr: np.ndarray, bits: int | None, name: str) -> np.nd
     depth = 16
     if bits is not None and 1 <= bits < 16 and (not arr.size or arr.max() <= (1 << bits) - 1):
         depth = bits
+    elif bits is None and arr.size and 0 < arr.max() <= TWELVE_BIT_MAX:
+        note_low_bit_depth(name, int(arr.max()))  # 12-bit data without sBIT: near-black; warned once per run
     return scale_16bit(arr, depth)
 
 
@@ -484,141 +501,3 @@ def _float_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
             "save it as an 8- or 16-bit greyscale PNG",
         )
     return np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- DICOM
-
-
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
-    """DICOM to uint8: modality LUT, scale by the BitsStored range, MONOCHROME1 inverted.
-
-    No VOI windowing (WindowCenter/WindowWidth or a VOI LUT) is applied: the full
-    representable range is kept, so every file of one modality maps the same way.
-    """
-    pydicom = _import_pydicom(name)
-    ds = _read_dicom(pydicom, data, name)
-    _check_dicom_decodable(pydicom, ds, name)
-    arr = _dicom_pixels(ds, name)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        grey = _dicom_grey_to_uint8(pydicom, ds, arr, name)
-        return 255 - grey if photometric == "MONOCHROME1" else grey
-    if photometric == "PALETTE COLOR":
-        rgb = pydicom.pixels.apply_color_lut(arr, ds)
-        return rgb.astype(np.uint8) if rgb.dtype == np.uint8 else scale_16bit(rgb, 16)
-    if arr.ndim == 3 and arr.shape[2] == 3:  # RGB, or YBR_* converted to RGB by pydicom
-        return arr.astype(np.uint8) if _bits_stored(ds) <= 8 else scale_16bit(arr, _bits_stored(ds))
-    raise ImageDecodeError(
-        name,
-        f"unsupported DICOM PhotometricInterpretation {photometric!r} "
-        f"with pixel shape {arr.shape}; convert it to MONOCHROME2 or RGB",
-    )
-
-
-def _import_pydicom(name: str) -> Any:
-    try:
-        import pydicom
-        import pydicom.pixels
-    except ImportError as exc:
-        raise ImageDecodeError(
-            name, 'reading DICOM needs pydicom; install it with pip install "xrayfx[dicom]"'
-        ) from exc
-    return pydicom
-
-
-def _read_dicom(pydicom: Any, data: bytes, name: str) -> Any:
-    """Parse the dataset; files without the 128-byte preamble are read with ``force``."""
-    has_magic = data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        has_pixels = "PixelData" in ds
-    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, struct.error,
-            KeyError, TypeError) as exc:
-        raise ImageDecodeError(
-            name, f"not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove it"
-        ) from exc
-    if not has_pixels or rows <= 0 or cols <= 0:
-        raise ImageDecodeError(
-            name,
-            "no image in this DICOM file (no Pixel Data, Rows or Columns): a report, or not "
-            "DICOM at all despite its suffix; remove it",
-        )
-    _check_pixel_count(cols, rows, name)
-    return ds
-
-
-def _check_dicom_decodable(pydicom: Any, ds: Any, name: str) -> None:
-    """Refuse transfer syntaxes pydicom cannot decode here, naming the plugin to install."""
-    meta = getattr(ds, "file_meta", None)
-    uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    if uid is None:
-        return  # raw dataset read with force: pydicom assumes implicit VR little endian
-    label = f"{uid} ({uid.name})"
-    try:
-        decoder = pydicom.pixels.get_decoder(uid)
-    except NotImplementedError as exc:
-        raise ImageDecodeError(
-            name, f"DICOM transfer syntax {label} is not supported by pydicom; "
-            "convert it to an uncompressed transfer syntax (e.g. with dcmdjpeg or gdcmconv --raw)"
-        ) from exc
-    if not decoder.is_available:
-        options = "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
-        raise ImageDecodeError(
-            name, f"DICOM transfer syntax {label} needs a decoding plugin that is not installed; "
-            f"install one of: {options} (e.g. pip install pylibjpeg pylibjpeg-libjpeg "
-            "pylibjpeg-openjpeg, or python-gdcm)"
-        )
-
-
-def _dicom_pixels(ds: Any, name: str) -> np.ndarray:
-    """The decoded pixel array of a single-frame DICOM (YBR converted to RGB by pydicom)."""
-    try:
-        arr = ds.pixel_array
-    # pydicom signals undecodable pixel data with RuntimeError (every plugin failed),
-    # ValueError (length or attribute mismatch) and NotImplementedError; all are data errors.
-    except (RuntimeError, ValueError, NotImplementedError, EOFError, OSError, struct.error) as exc:
-        raise ImageDecodeError(
-            name, f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc}); "
-            "re-export the file"
-        ) from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageDecodeError(
-            name,
-            f"multi-frame DICOM ({frames} frames), not a radiograph; export the frame you want",
-        )
-    return arr
-
-
-def _bits_stored(ds: Any) -> int:
-    return int(ds.get("BitsStored", None) or ds.get("BitsAllocated", 16))
-
-
-def _dicom_grey_to_uint8(pydicom: Any, ds: Any, arr: np.ndarray, name: str) -> np.ndarray:
-    """Modality LUT, then scale from the representable range to [0, 255].
-
-    The range is what the modality LUT makes of every stored value BitsStored
-    allows (unsigned 0..2**b-1, signed -2**(b-1)..2**(b-1)-1): a fixed, per-file
-    mapping, not a per-image contrast stretch.
-    """
-    values = pydicom.pixels.apply_modality_lut(arr, ds)
-    lo, hi = _dicom_output_range(pydicom, ds)
-    if not hi > lo:
-        raise ImageDecodeError(
-            name, f"DICOM modality LUT maps every stored value to {lo}; the image is blank"
-        )
-    scaled = (np.asarray(values, dtype=np.float64) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _dicom_output_range(pydicom: Any, ds: Any) -> tuple[float, float]:
-    bits = _bits_stored(ds)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    raw_lo, raw_hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if bits <= 16:  # every stored value: exact for rescale and for any LUT
-        stored = np.arange(raw_lo, raw_hi + 1, dtype=np.int32 if signed else np.uint32)
-    else:  # a linear rescale is monotonic, so its ends suffice
-        stored = np.array([raw_lo, raw_hi], dtype=np.int64)
-    mapped = np.asarray(pydicom.pixels.apply_modality_lut(stored, ds), dtype=np.float64)
-    return float(mapped.min()), float(mapped.max())

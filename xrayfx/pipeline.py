@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ import numpy as np
 
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
-from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
+from xrayfx.data.quality import low_bit_depth_warning, take_low_bit_depth
+from xrayfx.exceptions import (
+    CacheRepairWarning,
+    ImageDecodeError,
+    ImageQualityWarning,
+    SkippedInputsError,
+    UsageError,
+)
+from xrayfx.extraction.verify import check_reused
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
 from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
@@ -57,6 +66,8 @@ class ExtractResult:
     seconds: float = 0.0
     skipped_file: Path | None = None
     providers: list[str] = field(default_factory=list)
+    model_path: Path | None = None  # the exact int8 variant used (precision int8), else None
+    warnings: list[str] = field(default_factory=list)  # damaged cache chunks recomputed; 12-bit-looking images
 
     def column(self, name: str) -> np.ndarray:
         """A metadata column ('label', 'patient_id', 'source', …) as an object array."""
@@ -106,7 +117,7 @@ def open_cache(
     config: ModelConfig, exported: ExportedModel, cache_dir: str | Path, runtime: str = "onnxruntime",
     precision: str = "fp32", chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> EmbeddingCache:
-    """Open (or create) the cache group of a configuration."""
+    """Open (or create) the cache group of a configuration; refuse one written by another ONNX file."""
     attrs = {
         "model": config.to_dict(),
         "runtime": runtime,
@@ -114,9 +125,11 @@ def open_cache(
         "onnx_file": exported.path.name,
         "onnx_sha256": exported.sidecar["onnx_sha256"],
     }
-    return EmbeddingCache.open_or_create(
+    cache = EmbeddingCache.open_or_create(
         cache_dir, cache_group_for(config, runtime, precision), config.spec.embedding_size, attrs, chunk_rows
     )
+    cache.check_source(exported.sidecar["onnx_sha256"])
+    return cache
 
 
 def extract(
@@ -141,6 +154,8 @@ def extract(
     config: ModelConfig | None = None,
     scheduler: str | None = None,
     calibration: str | Path | None = None,
+    model_path: str | Path | None = None,
+    keep_degenerate: bool = False,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
@@ -151,7 +166,12 @@ def extract(
     (``tcp://HOST:PORT`` or ``local:N``) runs the missing part on a Dask cluster.
     ``precision="int8"`` runs a static int8 variant calibrated on ``calibration``
     (a folder or manifest; see :func:`xrayfx.quantize.ensure_int8` for the default);
-    its cache group is tagged with the calibration set's hash.
+    its cache group is tagged with the calibration set's hash. ``model_path`` names
+    the exact registered int8 variant to use instead (what a run was trained with).
+    Degenerate images (constant, tiny, a strip, fully transparent) are skipped with
+    a reason unless ``keep_degenerate``. Warnings (damaged cache chunks recomputed,
+    16-bit images that look 12-bit) go to ``log``, else to Python's warnings, and
+    are listed in ``result.warnings``.
     """
     _check_options(batch_size, workers, runtime, precision)
     check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
@@ -162,12 +182,17 @@ def extract(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     exported = export_model(config, cache_dir, log=log)
-    model_path, cache_precision = None, precision
+    cache_precision = precision
     if precision == "int8":
-        from xrayfx.quantize import ensure_int8
+        from xrayfx.quantize import ensure_int8, int8_variant_at
 
-        variant = ensure_int8(exported, calibration=calibration, data=dataset, log=log)
+        if model_path is not None:
+            variant = int8_variant_at(exported, model_path)
+        else:
+            variant = ensure_int8(exported, calibration=calibration, data=dataset, log=log)
         model_path, cache_precision = variant.path, variant.cache_precision
+    else:
+        model_path = None
     cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
 
     skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
@@ -178,6 +203,10 @@ def extract(
         first_of: dict[str, ImageRecord] = {}
         for r in dataset.ok:
             first_of.setdefault(r.image_id, r)
+        repaired = check_reused(cache, list(first_of))  # damaged chunks' rows become missing: recomputed below
+        for message in repaired:
+            _warn(message, log, CacheRepairWarning)
+        take_low_bit_depth()  # forget what earlier decoding in this process noted
         todo = [first_of[i] for i in cache.missing(list(first_of))]
         if todo and scheduler:
             from xrayfx.distributed import extract_missing_distributed
@@ -185,17 +214,20 @@ def extract(
             new_skips, n_new = extract_missing_distributed(
                 todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
                 device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
-                model_path=model_path,
+                model_path=model_path, keep_degenerate=keep_degenerate,
             )
             skipped += new_skips
         elif todo:
             extractor = make_extractor(exported, runtime, precision, device, model_path=model_path)
             providers = list(extractor.providers)
             new_skips, n_new = _extract_missing(
-                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done
+                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done, keep_degenerate
             )
             skipped += new_skips
     seconds = time.perf_counter() - t0
+    low_depth = low_bit_depth_warning(take_low_bit_depth())
+    if low_depth:
+        _warn(low_depth, log, ImageQualityWarning)
 
     bad_ids = {s.image_id for s in skipped if s.image_id}
     usable = [r for r in dataset.ok if r.image_id not in bad_ids]
@@ -216,6 +248,8 @@ def extract(
         n_cached=len({r.image_id for r in usable}) - n_new,
         seconds=seconds,
         providers=providers,
+        model_path=Path(model_path) if model_path is not None else None,
+        warnings=repaired + ([low_depth] if low_depth else []),
     )
     if skipped:
         result.skipped_file = write_skipped(skipped, Path(cache_dir) / "logs")
@@ -227,6 +261,14 @@ def extract(
             f"first: {skipped[0].path}: {skipped[0].reason}. Everything else is cached."
         )
     return result
+
+
+def _warn(message: str, log: Callable[[str], None] | None, category: type[Warning]) -> None:
+    """A warning goes to ``log`` when there is one, else to Python's warnings."""
+    if log:
+        log(f"warning: {message}")
+    else:
+        warnings.warn(message, category, stacklevel=3)
 
 
 def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
@@ -271,6 +313,7 @@ def _extract_missing(
     workers: int,
     show_progress: bool,
     on_chunk_done: Callable[[int], None] | None,
+    keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
     from xrayfx.images import load_image
 
@@ -295,7 +338,7 @@ def _extract_missing(
             on_chunk_done(chunks_done)
 
     with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
-        stream = decoded_stream(todo, lambda p: load_image(p, prep), workers, lookahead=max(2 * cache.chunk_rows, 8))
+        stream = decoded_stream(todo, lambda p: load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
         for record, image, reason in stream:
             if image is None:
                 skips.append(Skip(str(record.path), reason or "", record.image_id or ""))

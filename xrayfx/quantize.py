@@ -304,6 +304,40 @@ def resolve_int8(exported: ExportedModel) -> VariantModel:
     return existing[0]
 
 
+def int8_model_of_group(exported: ExportedModel, cache_group: str | None) -> Path | None:
+    """The exact int8 model a cache group (``…-int8-<calibration hash12>``) was written with, or None.
+
+    Runs record their cache group; whoever embeds again for a run (jitter, ablation,
+    predict) passes this path on, so a second registered calibration never makes
+    the choice ambiguous. Raises IntegrityError when that variant is no longer registered.
+    """
+    marker = "-int8-"
+    if not cache_group or marker not in cache_group:
+        return None
+    tag = cache_group.rsplit(marker, 1)[1]
+    path = exported.path.with_name(f"{exported.path.stem}-int8-{tag}.onnx")
+    return int8_variant_at(exported, path).path
+
+
+def int8_model_of_run(exported: ExportedModel, run_config: dict[str, Any]) -> Path | None:
+    """The exact int8 model a run was trained with (from its recorded cache group); None for other precisions."""
+    if str(run_config.get("precision") or "fp32") != "int8":
+        return None
+    return int8_model_of_group(exported, run_config.get("cache_group"))
+
+
+def int8_variant_at(exported: ExportedModel, path: str | os.PathLike[str]) -> VariantModel:
+    """The registered int8 variant of ``exported`` at ``path``; IntegrityError if there is none."""
+    variant = load_variant(Path(path), exported)
+    if variant is None or variant.precision != "int8":
+        raise IntegrityError(
+            f"expected a registered int8 variant of {exported.path.name} at {path}; got none (missing, or its "
+            "sidecar names another source model). Make it again with `xrayfx extract --precision int8 "
+            "--calibration DATA` using the same calibration set"
+        )
+    return variant
+
+
 # ------------------------------------------------------------------------------------ fp16
 
 

@@ -227,6 +227,7 @@ class Preprocessing:
     resize: str  # "stretch" (the paper) or "crop" (centre crop after resizing the shorter side)
     input_size: tuple[int, int]  # (height, width)
     option: str = "imagenet"  # the user-facing --preprocess value it came from
+    bit_depth: int | None = None  # --bit-depth: significant bits of 16-bit PNGs (None: sBIT, else 16)
     # Added ONNX backbones only (xrayfx.models.custom); the defaults are the built-ins' input.
     channels: int = 3  # 1: the graph averages the RGB planes into one grey plane
     layout: str = "nhwc"  # "nchw": the graph transposes before the backbone
@@ -245,6 +246,8 @@ class Preprocessing:
             "resize": self.resize,
             "input_size": list(self.input_size),
             "option": self.option,
+            # recorded (and fingerprinted) only when set, so existing caches keep their keys
+            **({"bit_depth": self.bit_depth} if self.bit_depth is not None else {}),
         }
         if self.channels != 3:
             d["channels"] = self.channels
@@ -261,6 +264,7 @@ class Preprocessing:
         """Rebuild a preprocessing recorded by :meth:`to_dict`."""
         return cls(
             normalise=d["normalise"], resize=d["resize"], input_size=tuple(d["input_size"]), option=d["option"],
+            bit_depth=int(d["bit_depth"]) if d.get("bit_depth") is not None else None,
             channels=int(d.get("channels", 3)), layout=str(d.get("layout", "nhwc")),
             mean=tuple(d["mean"]) if d.get("mean") is not None else None,
             std=tuple(d["std"]) if d.get("std") is not None else None,
@@ -285,13 +289,18 @@ def normalise_pixels(x: Any, mode: str) -> Any:
 
 
 def resolve_preprocessing(
-    spec: BackboneSpec, preprocess: str = "imagenet", resize: str = "stretch"
+    spec: BackboneSpec, preprocess: str = "imagenet", resize: str = "stretch", bit_depth: int | None = None
 ) -> Preprocessing:
     """Resolve the preprocessing from a spec and the explicit user options.
 
     ``preprocess="imagenet"`` is the backbone's own Keras preprocessing;
-    ``"paper"`` scales to [0, 1] as Cuijpers et al. did.
+    ``"paper"`` scales to [0, 1] as Cuijpers et al. did. ``bit_depth`` (8..16)
+    overrides the significant bits of 16-bit PNGs (e.g. 12 for 12-bit data stored
+    without an sBIT chunk); it changes pixels, so it is part of the fingerprint.
     """
+    if bit_depth is not None and (isinstance(bit_depth, bool) or not isinstance(bit_depth, int)
+                                  or not 8 <= bit_depth <= 16):
+        raise UsageError(f"--bit-depth must be an integer from 8 to 16 (e.g. 12 for 12-bit data); got {bit_depth!r}")
     if preprocess not in PREPROCESS_OPTIONS:
         raise UsageError(
             f"Unknown --preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESS_OPTIONS)}"
@@ -300,6 +309,6 @@ def resolve_preprocessing(
         raise UsageError(f"Unknown --resize {resize!r}; choose one of: {', '.join(RESIZE_OPTIONS)}")
     normalise = spec.preprocess_mode if preprocess == "imagenet" else "unit"
     return Preprocessing(
-        normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess,
+        normalise=normalise, resize=resize, input_size=spec.input_size, option=preprocess, bit_depth=bit_depth,
         **spec.input_format(normalise),
     )

@@ -203,7 +203,8 @@ def _train_fold(
             rows.labels[tr].astype(str), n=opts.augment, seed=train_seed, epochs=epochs, params=jitter["params"],
             main_group=extracted.cache_path.name, runtime=jitter["runtime"], precision=jitter["precision"],
             device=jitter["device"], batch_size=jitter["batch_size"], workers=jitter["workers"],
-            progress=jitter["progress"], log=log,
+            progress=jitter["progress"], log=log, model_path=extracted.model_path,
+            keep_degenerate=jitter.get("keep_degenerate", False),
         )
         with source:
             source.prefetch(0)
@@ -286,6 +287,8 @@ def fit_head(
     log: Log | None = print,
     config: ModelConfig | None = None,
     jitter_params: Any = None,
+    keep_degenerate: bool = False,
+    bit_depth: int | None = None,
     **head_kwargs: Any,
 ) -> Run:
     """Extract what is not cached, split without leakage, balance, train a head; write and return the run.
@@ -298,7 +301,9 @@ def fit_head(
     k_neighbors, augment, train_seed); the older keyword arguments
     (``head_params``, ``balance``, ``k_neighbors``, ``augment``, ``train_seed``)
     are folded into it. The paper head's ``dropout`` defaults to the backbone
-    spec's. See the module docstring for the decision rule.
+    spec's. See the module docstring for the decision rule. ``keep_degenerate``
+    embeds degenerate images instead of skipping them; ``bit_depth`` sets the significant
+    bits of 16-bit PNGs (part of the preprocessing, recorded in the run).
     """
     from xrayfx.augment import JitterParams
     from xrayfx.datasets import load_dataset
@@ -312,7 +317,8 @@ def fit_head(
     )
     jparams = jitter_params or JitterParams()
     cache_dir = Path(cache_dir)
-    config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
+    config = config or model_config(model, weights, seed, preprocess, resize, bit_depth=bit_depth,
+                                    cache_dir=cache_dir)
     run_id = run_id or default_run_id(config.spec.name, opts.head, cache_dir)
     final = runs_root(cache_dir) / run_id
     if final.exists():
@@ -328,7 +334,7 @@ def fit_head(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     extracted = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
-        batch_size=batch_size, workers=workers, progress=progress, log=log,
+        batch_size=batch_size, workers=workers, progress=progress, log=log, keep_degenerate=keep_degenerate,
     )
     rows = _select_rows(extracted, opts.labels)
     if rows.left_out:
@@ -371,7 +377,8 @@ def fit_head(
         writer.add(SPLIT_FILE)
         near_dups.write(writer)  # image_hashes.csv, near_duplicates.csv
         jitter = {"params": jparams, "runtime": runtime, "precision": precision, "device": device,
-                  "batch_size": batch_size, "workers": workers, "progress": progress}
+                  "batch_size": batch_size, "workers": workers, "progress": progress,
+                  "keep_degenerate": keep_degenerate}
         results: list[_FoldResult] = []
         for f, fold_split in parts.folds:
             res = _train_fold(fold=f, split=fold_split, rows=rows, opts=opts, extracted=extracted,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +10,18 @@ import typer
 from rich.table import Table
 
 from xrayfx.cli import app, console, err_console
-from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+from xrayfx.cli.options import (
+    BitDepth,
+    CacheDir,
+    Data,
+    Device,
+    KeepDegenerate,
+    Model,
+    Preprocess,
+    Resize,
+    Seed,
+    Weights,
+)
 
 
 def _log(message: str) -> None:
@@ -138,6 +150,8 @@ def extract_cmd(
             "(default: the backbone's registered int8 model if there is one, else the first 64 images of --data).",
         ),
     ] = None,
+    keep_degenerate: KeepDegenerate = False,
+    bit_depth: BitDepth = None,
 ) -> None:
     """Embed every image of a folder or manifest into the zarr cache (exports first if needed).
 
@@ -146,17 +160,23 @@ def extract_cmd(
     Example: xrayfx extract --model mobilenet --data ../shared/data/cxr/manifest.csv
     """
     from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import CacheRepairWarning, ImageQualityWarning
     from xrayfx.export import model_config
     from xrayfx.pipeline import extract
 
     dataset = load_dataset(data)
-    config = model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
+    config = model_config(model, weights, seed, preprocess, resize, bit_depth, cache_dir=cache_dir)
     _warn_random(config)
-    result = extract(
-        data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-        strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
-        calibration=calibration,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheRepairWarning)  # both printed below from result.warnings
+        warnings.simplefilter("ignore", ImageQualityWarning)
+        result = extract(
+            data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
+            strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
+            calibration=calibration, keep_degenerate=keep_degenerate,
+        )
+    for message in result.warnings:
+        err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
     console.print(result.summary(), highlight=False)
     console.print(f"cache group: {result.cache_path}", highlight=False, soft_wrap=True)
 
@@ -244,3 +264,6 @@ def demo_cmd(
     console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
     for line in result.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+from xrayfx.cli import cache_verify  # noqa: E402,F401  (registers `xrayfx cache verify` on cache_app)

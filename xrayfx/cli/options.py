@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -28,4 +28,20 @@ CacheDir = Annotated[Path, typer.Option("--cache-dir", help="Cache folder (model
 Device = Annotated[str, typer.Option("--device", help="cpu | cuda | tensorrt | auto.")]
 Data = Annotated[
     Path, typer.Option("--data", "-d", help="A folder with one subfolder per class, or a CSV manifest (path,label,...).")
+]
+KeepDegenerate = Annotated[
+    bool,
+    typer.Option(
+        "--keep-degenerate",
+        help="Embed degenerate images (constant, under 32 px on a side, aspect ratio beyond 1:8, fully "
+        "transparent) instead of skipping them with a reason.",
+    ),
+]
+BitDepth = Annotated[
+    Optional[int],
+    typer.Option(
+        "--bit-depth",
+        help="Significant bits of 16-bit PNGs (8-16), e.g. 12 for 12-bit data stored without an sBIT chunk "
+        "(it comes out near-black otherwise); part of the preprocessing and the cache key.",
+    ),
 ]

@@ -8,7 +8,18 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+from xrayfx.cli.options import (
+    BitDepth,
+    CacheDir,
+    Data,
+    Device,
+    KeepDegenerate,
+    Model,
+    Preprocess,
+    Resize,
+    Seed,
+    Weights,
+)
 
 
 def _log(message: str) -> None:
@@ -67,6 +78,8 @@ def fit_head_cmd(
     dropout: Annotated[Optional[float], typer.Option(
         "--dropout", help="Paper head: dropout (default: the backbone's, see `xrayfx models`).")] = None,
     units: Annotated[Optional[int], typer.Option("--units", help="Paper head: hidden units (128).")] = None,
+    keep_degenerate: KeepDegenerate = False,
+    bit_depth: BitDepth = None,
 ) -> None:
     """Train a head on a backbone's embeddings (extracting whatever is not cached yet) and write a run.
 
@@ -88,7 +101,7 @@ def fit_head_cmd(
         model, data, weights=weights, seed=seed, preprocess=preprocess, resize=resize, cache_dir=cache_dir,
         split=split, test_size=test_size, val_size=val_size, split_seed=split_seed, folds=folds, labels=labels,
         positive=positive, head=options, run_id=run_id, allow_leakage=allow_leakage, device=device,
-        progress=True, log=_log,
+        progress=True, log=_log, keep_degenerate=keep_degenerate, bit_depth=bit_depth,
     )
     _print_run(run)
 
@@ -142,6 +155,7 @@ def predict_cmd(
     = None,
     device: Device = "cpu",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,
+    keep_degenerate: KeepDegenerate = False,
 ) -> None:
     """Predict images with a run's backbone, preprocessing, head and decision threshold.
 
@@ -152,7 +166,7 @@ def predict_cmd(
     from xrayfx.train import predict, write_stdout
 
     result = predict(run, inputs, cache_dir=cache_dir, output=output, force=force, device=device,
-                     progress=output is not None, log=_log)
+                     progress=output is not None, log=_log, keep_degenerate=keep_degenerate)
     if output is None:
         write_stdout(result.csv_text())
     else:

@@ -1,1 +1,1 @@
-"""Data layer: images, preprocessing, sources, manifests and near-duplicate detection."""
+"""Data layer: decoding, preprocessing, image quality, file access, phantoms, sources, manifests, near-duplicates."""

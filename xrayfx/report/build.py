@@ -377,8 +377,9 @@ def _isnan(v: Any) -> bool:
 
 def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tuple[Any, list[str]]:
     """Re-run extraction on the run's manifest (a cache hit); return (ExtractResult or None, notes)."""
-    from xrayfx.export import ModelConfig
+    from xrayfx.export import ModelConfig, export_model
     from xrayfx.pipeline import extract
+    from xrayfx.quantize import int8_model_of_run
 
     notes: list[str] = []
     model, manifest = run.record.model, run.record.data_path
@@ -394,8 +395,9 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     runtime, precision = run.record.runtime, run.record.precision
     config = ModelConfig.from_dict(model)
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
+    model_path = int8_model_of_run(export_model(config, cache_dir), run.config) if precision == "int8" else None
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
-                     progress=False)
+                     progress=False, model_path=model_path)
     return result, notes
 
 
@@ -416,12 +418,14 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
     """Masked-lung ablation of the run's test images, scored by the run's own head(s)."""
     from xrayfx.export import ModelConfig, export_model
     from xrayfx.heads.persist import load_head
+    from xrayfx.quantize import int8_model_of_run
     from xrayfx.runtimes import make_extractor
 
     heads = head_locations(run)
     config = ModelConfig.from_dict(run.model_dict)
     exported = export_model(config, cache_dir)
-    extractor = make_extractor(exported, run.record.runtime, run.record.precision, "cpu")
+    extractor = make_extractor(exported, run.record.runtime, run.record.precision, "cpu",
+                               model_path=int8_model_of_run(exported, run.config))
     part, fold = run.column("split"), run.fold
     paths, labels = run.column("path"), run.column("label")
     test = np.flatnonzero(part == "test")

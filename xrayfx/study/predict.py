@@ -22,7 +22,6 @@ from xrayfx.datasets import Dataset, ImageRecord
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.runs import Run, load_run, resolve_run
 from xrayfx.study.decision import RULE_ARGMAX, decide, describe
-from xrayfx.util import sha256_file
 
 Log = Callable[[str], None]
 
@@ -90,7 +89,9 @@ def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
     """Images to score (files, folders searched recursively, CSV manifests), hashed; and each path as given."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from xrayfx.data.files import scan_folder, sha256_regular
     from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import ImageDecodeError
     from xrayfx.images import is_image_path
 
     if not inputs:
@@ -103,11 +104,12 @@ def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
         if not p.exists():
             raise DataError(f"Expected an image, folder or manifest at {p}; got nothing there. Fix: check the path.")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            found, refused = scan_folder(p, is_image_path)  # special files and symlinked folders are listed
             if not found:
                 raise DataError(f"Expected image files (PNG, JPEG, DICOM) under {p}; got none.")
             records += [ImageRecord(path=f, label=None) for f in found]
-            given += [str(f) for f in found]
+            records += [ImageRecord(path=f, label=None, error=reason) for f, reason in refused]
+            given += [str(f) for f in found] + [str(f) for f, _ in refused]
         elif p.suffix.lower() == ".csv":
             ds = load_dataset(p)
             records += ds.records
@@ -121,7 +123,9 @@ def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
         if r.image_id is not None or r.error is not None:
             return
         try:
-            r.image_id = sha256_file(r.path)
+            r.image_id = sha256_regular(r.path)  # a FIFO, socket or device is refused, never read
+        except ImageDecodeError as exc:
+            r.error = exc.reason
         except PermissionError:
             r.error = "permission denied: make the file readable"
 
@@ -141,17 +145,23 @@ def cache_dir_of(run_path: Path) -> Path:
 
 
 def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, *, device: str = "cpu",
-          batch_size: int = 32, workers: int = 2, progress: bool = True, log: Log = print) -> Scored:
-    """Embed what is missing (run's backbone, preprocessing, runtime, precision) and apply head and threshold."""
-    from xrayfx.export import ModelConfig
+          batch_size: int = 32, workers: int = 2, progress: bool = True, log: Log = print,
+          keep_degenerate: bool = False) -> Scored:
+    """Embed what is missing (run's backbone, preprocessing, runtime, precision) and apply head and threshold.
+
+    An int8 run embeds with the exact int8 model it was trained with (its recorded cache group)."""
+    from xrayfx.export import ModelConfig, export_model
     from xrayfx.pipeline import extract
+    from xrayfx.quantize import int8_model_of_run
 
     record = run.record
     heads = load_heads(run)
+    model = ModelConfig.from_dict(record.model)
+    model_path = int8_model_of_run(export_model(model, data_cache), run.config) if record.precision == "int8" else None
     extracted = extract(
-        data=dataset, config=ModelConfig.from_dict(record.model), cache_dir=data_cache, device=device,
+        data=dataset, config=model, cache_dir=data_cache, device=device,
         runtime=record.runtime, precision=record.precision, batch_size=batch_size, workers=workers,
-        progress=progress, log=log,
+        progress=progress, log=log, model_path=model_path, keep_degenerate=keep_degenerate,
     )
     given_of = {id(r): g for r, g in zip(dataset.records, given)}
     bad = {s.image_id for s in extracted.skipped if s.image_id}
@@ -185,6 +195,7 @@ def predict(
     workers: int = 2,
     progress: bool = True,
     log: Log | None = print,
+    keep_degenerate: bool = False,
 ) -> PredictResult:
     """Predict images with a run's backbone, preprocessing, head(s) and recorded decision threshold.
 
@@ -204,7 +215,7 @@ def predict(
     data_cache = Path(cache_dir) if cache_dir is not None else cache_dir_of(run_path)
     dataset, given = collect(inputs)
     scored = score(loaded, dataset, given, data_cache, device=device, batch_size=batch_size, workers=workers,
-                   progress=progress, log=log)
+                   progress=progress, log=log, keep_degenerate=keep_degenerate)
     record, dec = loaded.record, loaded.record.decision
     extra = [c for c in scored.columns if c not in ("path", "image_id")]
     columns = ["path", "image_id", *(f"p_{c}" for c in record.labels), "predicted", "threshold", *extra]
