@@ -104,4 +104,4 @@ def test_extract_skips_degenerate_images_lists_them_and_warns_once_about_twelve_
     code, out, err = run_cli_inprocess(
         ["extract", "--model", "mobilenet", "--weights", str(MOBILENET_WEIGHTS), "--data", str(tmp_path / "data"),
          "--cache-dir", str(cache), "--keep-degenerate"], capsys)
-    assert code == 0 and "6 images embedded (4 new, 2 from cache)" in out
+    assert code == 0 and "6 embedded (4 new, 2 from cache)" in out

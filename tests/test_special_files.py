@@ -101,7 +101,7 @@ def test_extract_cli_skips_dev_zero_and_a_fifo_and_lists_them(tmp_path, shared_r
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "2 images embedded" in proc.stdout and "2 skipped" in proc.stdout
+    assert "2 embedded" in proc.stdout and "2 skipped" in proc.stdout
     skipped = next((cache / "logs").rglob("skipped.csv"))
     with open(skipped, newline="") as f:
         reasons = {r["path"]: r["reason"] for r in csv.DictReader(f)}
