@@ -305,15 +305,15 @@ def main() -> None:
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--manifests-only", action="store_true", help="write and count the manifests, then stop")
     ap.add_argument("--table-only", action="store_true",
-                    help="train, evaluate and report nothing: tabulate the runs that exist under WORK")
+                    help="write, train, evaluate and report nothing: tabulate the runs that exist under WORK")
     ap.add_argument("--results", default=None, help="also write every run's numbers to this JSON file")
     args = ap.parse_args()
     work = Path(args.work)
-    manifests = make_manifests(work, args.seed, args.holdout_fraction)
-    if args.manifests_only:
-        return
     models, heads = args.models.split(","), args.heads.split(",")
     if not args.table_only:
+        manifests = make_manifests(work, args.seed, args.holdout_fraction)
+        if args.manifests_only:
+            return
         run_all(manifests, work, models, heads)
     records = collect(existing_runs(work, models, heads))
     print("\n" + table(records))
