@@ -249,13 +249,21 @@ def within_source(predictions: Path, source: str, m: dict[str, Any]) -> dict[str
             "auroc_ci": [ci["lo"], ci["hi"]]}
 
 
-def confound_sentence(run: Path) -> str | None:
-    """The report's first sentence about what the run's AUROC measures (None when it has none)."""
+def report_sentence(run: Path, pattern: str) -> str | None:
+    """The first match of ``pattern`` in RUN/report/report.md (None when there is none)."""
     report = run / "report" / "report.md"
-    if not report.is_file():
-        return None
-    m = re.search(r"(Its test AUROC measures[^:]*:[^.]*\.)", report.read_text())
+    m = re.search(pattern, report.read_text()) if report.is_file() else None
     return m.group(1) if m else None
+
+
+def confound_sentence(run: Path) -> str | None:
+    """The report's first sentence about what the run's AUROC measures."""
+    return report_sentence(run, r"(Its test AUROC measures[^:]*:[^.]*\.)")
+
+
+def ablation_paragraph(run: Path) -> str | None:
+    """The report's paragraph on the masked-lung ablation."""
+    return report_sentence(run, r"(With the lungs hidden[^\n]*)")
 
 
 def collect(runs: list[Path]) -> list[dict[str, Any]]:
@@ -266,7 +274,8 @@ def collect(runs: list[Path]) -> list[dict[str, Any]]:
         model, head = rest.rsplit("-", 1)
         out.append({"run": run.name, "setting": setting, "model": model, "head": head,
                     "internal": internal_test(run), "holdout": evaluation(run, "holdout"),
-                    "outside": evaluation(run, "outside"), "confound_sentence": confound_sentence(run)})
+                    "outside": evaluation(run, "outside"), "confound_sentence": confound_sentence(run),
+                    "ablation": ablation_paragraph(run)})
     return out
 
 
