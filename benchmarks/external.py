@@ -25,6 +25,12 @@ internal test and each evaluation from the runs' ``metrics.json`` files.
 
     PYTHONPATH=$PWD python benchmarks/external.py --manifests-only
     PYTHONPATH=$PWD python benchmarks/external.py --work /tmp/xrayfx-external
+    PYTHONPATH=$PWD python benchmarks/external.py --work /tmp/xrayfx-external --table-only \\
+        --results benchmarks/results/external.json
+
+The table adds, for each hold-out, the AUROC within every source that holds both classes (Cohen),
+with a patient-bootstrap interval, and each run's report sentences on its confound and ablation.
+Results and commands: benchmarks/external.md.
 """
 
 from __future__ import annotations
