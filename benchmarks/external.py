@@ -15,8 +15,9 @@ For each setting this script writes, under WORK/manifests/:
   children for ``adult``): one class, so only specificity is defined.
 
 Hold-out patients are drawn per source by a seeded hash of the split group, so both settings hold
-out the same Cohen patients; patients with a Cohen normal image are always held out (whole). Groups follow patient ids, byte-identical files and near-duplicate
-images (:mod:`xrayfx.study.groups`), so cohen-97/cohen-178 cannot straddle train and hold-out.
+out the same Cohen patients; patients with a Cohen normal image are always held out (whole).
+Groups follow patient ids, byte-identical files and near-duplicate images
+(:mod:`xrayfx.study.groups`), so cohen-97/cohen-178 cannot straddle train and hold-out.
 
 Then, unless ``--manifests-only``: ``xrayfx fit-head`` for every model (mobilenet with the shared
 weights, efficientnet-lite0 with ImageNet weights) and head (paper, logreg), ``xrayfx evaluate
