@@ -289,7 +289,8 @@ def collect(runs: list[Path]) -> list[dict[str, Any]]:
 def table(records: list[dict[str, Any]]) -> str:
     """A Markdown table: internal test, hold-out and outside set of every run."""
     head = ("| setting | backbone | head | threshold | internal test AUROC | internal sens. / spec. "
-            "| hold-out AUROC | hold-out sens. / spec. | within-source AUROC (pos/neg) | outside spec. (AUROC undefined) |")
+            "| hold-out AUROC | hold-out sens. / spec. | within-source AUROC (pos/neg) "
+            "| outside spec. (AUROC undefined) |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in records:
         t, h, o = r["internal"], r["holdout"] or {}, r["outside"] or {}
