@@ -69,7 +69,7 @@ def test_duplicate_files_share_one_row(tmp_path, shared_rows, mobilenet_config, 
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import extract
 
     def die(chunks_done):

@@ -49,9 +49,6 @@ def _features(X: Any, what: str) -> np.ndarray:
     return X
 
 
-_TOKEN = object()
-
-
 class TrainingRows:
     """Features and labels of a split's training part (plus extra training rows), read-only.
 

@@ -16,10 +16,8 @@ from typing import Iterable
 import numpy as np
 
 from xrayfx.exceptions import DataError
+from xrayfx.images import is_image_path
 from xrayfx.util import sha256_file
-
-META_COLUMNS = ("patient_id", "source", "view", "age_group")
-
 
 @dataclass
 class ImageRecord:
@@ -64,9 +62,6 @@ class Dataset:
     def labels(self) -> list[str]:
         return sorted({r.label for r in self.records if r.label})
 
-    def has_column(self, column: str) -> bool:
-        return column == "label" or column in self.columns
-
 
 def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
     """Read a class-folder tree or a CSV manifest, and hash every readable file."""
@@ -89,8 +84,6 @@ def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
 
 
 def _read_folder(root: Path) -> Dataset:
-    from xrayfx.images import is_image_path
-
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(

@@ -34,22 +34,25 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from xrayfx import __version__, images
 from xrayfx.cache import EmbeddingCache
+from xrayfx.data.stream import Skip
 from xrayfx.exceptions import ClusterError, ImageDecodeError, IntegrityError, RuntimeSetupError, UsageError, XrayfxError
-from xrayfx.pipeline import Skip
 from xrayfx.progress import ImageProgress
+from xrayfx.runtimes import make_extractor
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from xrayfx.datasets import ImageRecord
-    from xrayfx.export import ExportedModel, ModelConfig
-    from xrayfx.registry import Preprocessing
+    from xrayfx.modelconfig import ExportedModel, ModelConfig
+    from xrayfx.data.preprocessing import Preprocessing
 
 __all__ = [
     "BatchResult",
@@ -211,9 +214,7 @@ def _probe_worker(
 def _runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
-    import xrayfx
-
-    out = {"xrayfx": xrayfx.__version__}
+    out = {"xrayfx": __version__}
     for dist in ("onnxruntime", "onnxruntime-gpu", "zarr"):
         try:
             out[dist] = metadata.version(dist)
@@ -270,15 +271,7 @@ def check_workers(
 # ---------------------------------------------------------------------------- worker side
 
 
-def _worker_plugin_base() -> type:
-    try:
-        from distributed import WorkerPlugin
-    except ImportError:  # the module imports without the extra; only running needs it
-        return object
-    return WorkerPlugin
-
-
-class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
+class _ExtractorPluginBody:
     """Builds the worker process's one inference session, once, when the worker joins.
 
     Registered by the client with ``Client.register_plugin`` under a run-unique
@@ -299,8 +292,6 @@ class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
 
     def setup(self, worker: Any) -> None:
         """Create the session (verifying the ONNX file's sha256)."""
-        from xrayfx.runtimes import make_extractor
-
         extractor = make_extractor(self.exported, self.runtime, self.precision, self.device, self.intra_op_threads,
                                    model_path=self.model_path)
         expected = self.exported.sidecar["onnx_sha256"]
@@ -317,6 +308,21 @@ class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
     def teardown(self, worker: Any) -> None:
         """Drop the session."""
         self.extractor = None
+
+
+@lru_cache(maxsize=1)
+def _extractor_plugin_class() -> type:
+    """``ExtractorPlugin``: the body above on Dask's ``WorkerPlugin``, made on first use so dask stays lazy."""
+    from distributed import WorkerPlugin
+
+    return type("ExtractorPlugin", (_ExtractorPluginBody, WorkerPlugin), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    # ``ExtractorPlugin`` needs dask's base class; importing this module must not import dask.
+    if name == "ExtractorPlugin":
+        return _extractor_plugin_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -350,8 +356,6 @@ def embed_batch(
     image is left untouched. Rows stay invalid until the client marks them done.
     """
     from distributed import get_worker
-
-    from xrayfx import images
 
     t0 = time.perf_counter()
     worker = get_worker()
@@ -452,7 +456,7 @@ def extract_missing_distributed(
         threads = _cluster_threads(client)
         check_workers(client, group_path, model_file or exported.path, readable)
         plugin_name = f"xrayfx-extractor-{uuid.uuid4().hex[:12]}"
-        plugin = ExtractorPlugin(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
+        plugin = _extractor_plugin_class()(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
                                  model_file)
         try:
             try:

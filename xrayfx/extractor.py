@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import has_external_data, sidecar_path
+from xrayfx.modelconfig import has_external_data, sidecar_path
 from xrayfx.util import read_json, verify_sha256
 
 DEVICES = ("cpu", "cuda", "tensorrt", "auto")

@@ -34,7 +34,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from xrayfx.exceptions import ImageDecodeError, UsageError
 
 if TYPE_CHECKING:
-    from xrayfx.registry import Preprocessing
+    from xrayfx.data.preprocessing import Preprocessing
 
 __all__ = [
     "MAX_PIXELS",

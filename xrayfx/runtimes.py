@@ -29,8 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from xrayfx import quantize
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import ExportedModel, has_external_data, sidecar_path
+from xrayfx.extractor import Extractor
+from xrayfx.modelconfig import ExportedModel, has_external_data, sidecar_path
 from xrayfx.util import read_json, verify_sha256
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -205,14 +207,10 @@ def make_extractor(
     names the int8 variant to run (default: the backbone's only registered one).
     """
     check_runtime(runtime, precision, device)
-    from xrayfx.extractor import Extractor
-
     if runtime == "openvino":
         return OpenVINOExtractor(exported.path, precision, intra_op_threads)
     if precision == "fp32":
         return Extractor(exported.path, device=device, intra_op_threads=intra_op_threads)
-    from xrayfx import quantize
-
     if precision == "int8":
         if model_path is not None:
             variant = quantize.load_variant(Path(model_path), exported)

@@ -38,10 +38,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xrayfx import metrics as M
+from xrayfx import pipeline
+from xrayfx.augment import JITTER_VERSION, JitterParams, JitterSource, jitter_group_name
 from xrayfx.balance import BALANCE_METHODS, TrainingRows, balance as balance_rows
-from xrayfx.datasets import Dataset, ImageRecord
+from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.export import ModelConfig, model_config
+from xrayfx.heads import HEADS, make_head
+from xrayfx.heads.persist import HISTORY_FIELDS, load_head, save_head, write_history_csv
+from xrayfx.images import is_image_path
+from xrayfx.modelconfig import ModelConfig, model_config
 from xrayfx.runs import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -69,7 +74,7 @@ from xrayfx.splits import (
     split_summary,
     write_split,
 )
-from xrayfx.util import library_versions, sha256_bytes, sha256_file
+from xrayfx.util import atomic_write_text, import_keras_quietly, library_versions, sha256_bytes, sha256_file
 
 #: Flags of the paper's head (``--epochs`` …) and the PaperHead parameters they set.
 PAPER_FLAGS = {
@@ -131,8 +136,6 @@ def _check_options(
     split_seed: int, train_seed: int, run_id: str | None,
 ) -> _Options:
     """Every check that needs no data: fail fast, before anything is extracted."""
-    from xrayfx.heads import HEADS, make_head
-
     lab = parse_labels(labels)
     if positive not in lab:
         raise UsageError(
@@ -401,8 +404,6 @@ def _train_fold(
     *, fold: int | None, split: Split, rows: _Rows, opts: _Options, extracted: Any, cache_dir: Path,
     split_seed: int, val_size: float, train_seed: int, jitter: dict[str, Any], log: Log,
 ) -> _FoldResult:
-    from xrayfx.heads import make_head
-
     t0 = time.perf_counter()
     train = TrainingRows(split, rows.X, fold=fold, y=rows.labels.astype(str))
     parts = {p: split.rows(p, fold, seed=split_seed, val_size=val_size) for p in ("val", "test")}
@@ -412,7 +413,6 @@ def _train_fold(
     if opts.head == "paper":
         params.setdefault("dropout", float(extracted.config.spec.dropout))
         params.setdefault("seed", int(train_seed))
-        from xrayfx.util import import_keras_quietly
 
         import_keras_quietly()
     head = make_head(opts.head, **params)
@@ -420,7 +420,6 @@ def _train_fold(
     aug_info: dict[str, Any] = {}
 
     if opts.augment:
-        from xrayfx.augment import JitterSource
 
         epochs = int(head.epochs) if opts.head == "paper" else 1
         tr = train.rows
@@ -527,11 +526,6 @@ def fit_head(
     ``units`` for the paper's head; the paper head's ``dropout`` defaults to the
     backbone spec's). See the module docstring for the decision rules.
     """
-    from xrayfx.augment import JitterParams
-    from xrayfx.datasets import load_dataset
-    from xrayfx.heads.persist import save_head, write_history_csv
-    from xrayfx.pipeline import extract
-
     log = log or (lambda _m: None)
     opts = _check_options(
         labels=labels, positive=positive, head=head, head_params=head_params, balance=balance,
@@ -554,7 +548,7 @@ def fit_head(
 
     t_start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    extracted = extract(
+    extracted = pipeline.extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
         batch_size=batch_size, workers=workers, progress=progress, log=log,
     )
@@ -646,7 +640,6 @@ def fit_head(
 
 
 def _write_kfold_history(writer: RunWriter, results: list[_FoldResult]) -> None:
-    from xrayfx.heads.persist import HISTORY_FIELDS
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -745,7 +738,6 @@ def _run_config(
 ) -> dict[str, Any]:
     config: ModelConfig = extracted.config
     exported = extracted.exported
-    from xrayfx.augment import JITTER_VERSION, jitter_group_name
 
     return {
         "xrayfx_run_version": RUN_FORMAT_VERSION,
@@ -856,8 +848,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> Dataset:
     """Images to predict: image files, folders (searched recursively) and CSV manifests, hashed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from xrayfx.datasets import load_dataset
-    from xrayfx.images import is_image_path
 
     if not inputs:
         raise UsageError("Expected at least one IMAGE, FOLDER or MANIFEST to predict; got none.")
@@ -917,10 +907,6 @@ def predict(
     Writes CSV ``path,image_id,p_<label>…,predicted,threshold`` to ``output``
     when given.
     """
-    from xrayfx.heads.persist import load_head
-    from xrayfx.pipeline import extract
-    from xrayfx.util import atomic_write_text
-
     log = log or (lambda _m: None)
     run_path = resolve_run(run, cache_dir or "cache")
     loaded = load_run(run_path, cache_dir or "cache")
@@ -929,7 +915,6 @@ def predict(
     model = ModelConfig.from_dict(cfg["model"])
     labels = list(cfg["labels"])
     if any(h["record"].get("kind") == "paper" for h in cfg["head"]["heads"]):
-        from xrayfx.util import import_keras_quietly
 
         import_keras_quietly()
     heads = []
@@ -937,7 +922,7 @@ def predict(
         folder = run_path / h["folder"] if h["folder"] else run_path
         heads.append(load_head(folder, h["record"]))
     dataset = collect_inputs(inputs)
-    extracted = extract(
+    extracted = pipeline.extract(
         data=dataset, config=model, cache_dir=data_cache, device=device, runtime=cfg.get("runtime", "onnxruntime"),
         precision=cfg.get("precision", "fp32"), batch_size=batch_size, workers=workers, progress=progress, log=log,
     )

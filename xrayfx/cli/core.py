@@ -83,7 +83,8 @@ def export_cmd(
 
     Example: xrayfx export --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
     """
-    from xrayfx.export import export_model, model_config
+    from xrayfx.export import export_model
+    from xrayfx.modelconfig import model_config
 
     config = model_config(model, weights, seed, preprocess, resize)
     _warn_random(config)
@@ -147,7 +148,7 @@ def extract_cmd(
     Example: xrayfx extract --model mobilenet --data ../shared/data/cxr/manifest.csv
     """
     from xrayfx.datasets import load_dataset
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import extract
 
     dataset = load_dataset(data)
