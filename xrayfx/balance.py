@@ -49,6 +49,12 @@ def _features(X: Any, what: str) -> np.ndarray:
     return X
 
 
+def balanced_class_weights(y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``y`` (sorted) and their "balanced" weights ``n / (k * count)``: the one place they are computed."""
+    classes = np.unique(y)
+    return classes, compute_class_weight("balanced", classes=classes, y=y)
+
+
 class TrainingRows:
     """Features and labels of a split's training part (plus extra training rows), read-only.
 
@@ -262,8 +268,7 @@ def balance(
             X=np.array(X), y=np.array(y), sample_weight=None, n_after=len(y), counts_after=before, **common
         )
     if method == "class-weight":
-        classes = np.unique(y)
-        weights = compute_class_weight("balanced", classes=classes, y=y)
+        classes, weights = balanced_class_weights(y)
         cw = {str(c): float(w) for c, w in zip(classes, weights)}
         sw = weights[np.searchsorted(classes, y)]
         return BalancedTrainingSet(

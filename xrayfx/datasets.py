@@ -19,6 +19,9 @@ from xrayfx.exceptions import DataError
 from xrayfx.images import is_image_path
 from xrayfx.util import sha256_file
 
+#: The columns every manifest xrayfx writes starts with, in this order; only ``path`` is required to read one.
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "source", "view", "age_group")
+
 @dataclass
 class ImageRecord:
     """One image of a data set."""
@@ -99,13 +102,25 @@ def _read_folder(root: Path) -> Dataset:
     return Dataset(source=root, kind="folder", records=records, columns=["path", "label"])
 
 
-def _read_manifest(manifest: Path) -> Dataset:
+def read_manifest_csv(
+    manifest: str | Path, required: tuple[str, ...] = ("path",), fix: str = "add a 'path' column (and 'label')"
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a manifest CSV (UTF-8, with or without a BOM): the one manifest reader.
+
+    Raises DataError when a ``required`` column is missing; ``fix`` ends the message.
+    """
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        if "path" not in columns:
-            raise DataError(f"manifest {manifest} has columns {columns}; expected at least 'path' (and 'label')")
-        rows = list(reader)
+        columns = [c for c in (reader.fieldnames or []) if c is not None]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            wanted = " and ".join(repr(c) for c in required)
+            raise DataError(f"expected columns {wanted} in manifest {manifest}, got {columns}; fix: {fix}")
+        return columns, [dict(r) for r in reader]
+
+
+def _read_manifest(manifest: Path) -> Dataset:
+    columns, rows = read_manifest_csv(manifest)
     base = manifest.parent
     records = []
     for line, row in enumerate(rows, start=2):

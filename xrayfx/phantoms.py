@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from xrayfx.datasets import MANIFEST_COLUMNS as BASE_MANIFEST_COLUMNS
 from xrayfx.exceptions import UsageError
 from xrayfx.util import atomic_write_bytes, atomic_write_text
 
@@ -53,7 +54,7 @@ __all__ = [
 #: Bump when a change to the drawing code changes the pixels for a given seed.
 PHANTOM_GENERATOR_VERSION = 1
 
-MANIFEST_COLUMNS = ("path", "label", "source", "patient_id", "view", "age_group", "synthetic")
+MANIFEST_COLUMNS = (*BASE_MANIFEST_COLUMNS, "synthetic")
 LABELS = ("covid", "normal")
 SITE_A = "phantom-site-a"
 SITE_B = "phantom-site-b"
@@ -114,7 +115,7 @@ def generate_phantoms(
 
     Writes ``out_dir/images/<label>/<patient_id>-<k>.png`` (8-bit greyscale
     PNG, ``size``×``size``), ``out_dir/manifest.csv`` with the columns
-    ``path,label,source,patient_id,view,age_group,synthetic`` (``path``
+    ``path,label,patient_id,source,view,age_group,synthetic`` (``path``
     relative to the manifest) and ``out_dir/README.md`` stating that the images
     are synthetic. ``n`` is the number of images; about ``covid_fraction`` of
     them are ``covid``. The same arguments give byte-identical files.

@@ -41,7 +41,7 @@ from xrayfx import metrics as M
 from xrayfx import pipeline
 from xrayfx.augment import JITTER_VERSION, JitterParams, JitterSource, jitter_group_name
 from xrayfx.balance import BALANCE_METHODS, TrainingRows, balance as balance_rows
-from xrayfx.datasets import Dataset, ImageRecord, load_dataset
+from xrayfx.datasets import MANIFEST_COLUMNS, Dataset, ImageRecord, load_dataset
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.heads import HEADS, make_head
 from xrayfx.heads.persist import HISTORY_FIELDS, load_head, save_head, write_history_csv
@@ -89,7 +89,7 @@ PAPER_FLAGS = {
 BOOTSTRAP_RESAMPLES = 1000
 #: Decision threshold when the validation part cannot give Youden's (equivalent to argmax).
 ARGMAX_THRESHOLD = 0.5
-PREDICTION_META = ("patient_id", "source", "view", "age_group")
+PREDICTION_META = MANIFEST_COLUMNS[2:]  # patient_id, source, view, age_group
 
 Log = Callable[[str], None]
 

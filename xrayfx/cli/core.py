@@ -8,8 +8,19 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli import app, console, err_console
-from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+from xrayfx.cli import console, err_console
+from xrayfx.cli.options import (
+    CacheDir,
+    Data,
+    Device,
+    Model,
+    PrecisionName,
+    Preprocess,
+    Resize,
+    RuntimeName,
+    Seed,
+    Weights,
+)
 
 
 def _log(message: str) -> None:
@@ -25,7 +36,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print versions.")
@@ -37,7 +47,6 @@ def _root(
     """
 
 
-@app.command("models")
 def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
     """List the backbones: embedding size, parameters, GFLOPs per image, ONNX size once exported.
 
@@ -69,7 +78,6 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
                   "ONNX size once exported", highlight=False)
 
 
-@app.command("export")
 def export_cmd(
     model: Model,
     weights: Weights = "imagenet",
@@ -107,7 +115,6 @@ def _warn_random(config) -> None:
         )
 
 
-@app.command("extract")
 def extract_cmd(
     model: Model,
     data: Data,
@@ -121,10 +128,10 @@ def extract_cmd(
     workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any input is skipped.")] = False,
     runtime: Annotated[
-        str, typer.Option("--runtime", help="onnxruntime | openvino (the openvino extra); part of the cache key.")
+        RuntimeName, typer.Option("--runtime", help="openvino needs the openvino extra; part of the cache key.")
     ] = "onnxruntime",
     precision: Annotated[
-        str,
+        PrecisionName,
         typer.Option("--precision", help="fp32 | int8 (onnxruntime, CPU; see --calibration) | bf16 (openvino, CPUs "
                      "with bf16) | fp16 (onnxruntime, GPU); part of the cache key."),
     ] = "fp32",
@@ -164,7 +171,6 @@ def extract_cmd(
 
 
 cache_app = typer.Typer(help="Inspect the embedding cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("ls")
@@ -196,7 +202,6 @@ def cache_ls(cache_dir: CacheDir = Path("cache")) -> None:
     console.print(table)
 
 
-@app.command("phantoms")
 def phantoms_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
@@ -214,7 +219,6 @@ def phantoms_cmd(
     console.print(f"synthetic phantoms (not medical data): {manifest}", highlight=False)
 
 
-@app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for all demo results.")] = Path("demo-output"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone (default: the demo's).")] = None,
@@ -246,3 +250,14 @@ def demo_cmd(
     console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
     for line in result.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the core commands (models, export, extract, cache, phantoms, demo) and the root options."""
+    app.callback()(_root)
+    app.command("models")(models_cmd)
+    app.command("export")(export_cmd)
+    app.command("extract")(extract_cmd)
+    app.add_typer(cache_app, name="cache")
+    app.command("phantoms")(phantoms_cmd)
+    app.command("demo")(demo_cmd)

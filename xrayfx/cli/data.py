@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xrayfx.cli.options import NormalSourceName
 from xrayfx.exceptions import UsageError
 from xrayfx.sources import (
     COHEN_FRONTAL_VIEWS,
@@ -271,7 +272,7 @@ def paper_command(
         "--cohen-metadata", help="metadata.csv to use instead of the one in --cohen.")] = None,
     n_covid: Annotated[int, typer.Option("--n-covid", help="COVID images to draw.")] = PAPER_N_COVID,
     n_normal: Annotated[int, typer.Option("--n-normal", help="Normal images to draw.")] = PAPER_N_NORMAL,
-    normal_source: Annotated[str, typer.Option(
+    normal_source: Annotated[NormalSourceName, typer.Option(
         "--normal-source", help="kermany (alias mooney; the paper's), nih, or nih+cohen (adult control).",
     )] = "kermany",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the patient order.")] = 0,

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
+from xrayfx.balance import balanced_class_weights
 from xrayfx.exceptions import UsageError
 
 
@@ -116,8 +117,11 @@ class Head(ClassifierMixin, BaseEstimator):
                     f"class_weight must be None, 'balanced' or a dict {{label: weight}}; "
                     f"got {class_weight!r}. Use 'balanced' (what --balance class-weight sets)."
                 )
-            counts = np.bincount(codes, minlength=k)
-            return {i: float(len(codes) / (k * counts[i])) for i in range(k)}
+            present, weights = balanced_class_weights(codes)
+            if len(present) < k:
+                missing = sorted(set(self.classes_.tolist()) - {self.classes_[int(i)] for i in present})
+                raise UsageError(f"class_weight='balanced' needs rows of every class; got none of {missing}.")
+            return {int(c): float(w) for c, w in zip(present, weights)}
         if isinstance(class_weight, dict):
             index = {label: i for i, label in enumerate(self.classes_.tolist())}
             unknown = [label for label in class_weight if label not in index]
