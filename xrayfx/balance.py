@@ -262,7 +262,7 @@ def balance(
             f"Expected at least two classes in the training rows to balance; got only "
             f"{before}. Fix: rebuild the split, or use --balance none."
         )
-    common = dict(method=method, n_before=len(y), counts_before=before, seed=int(seed))
+    common: dict[str, Any] = dict(method=method, n_before=len(y), counts_before=before, seed=int(seed))
     if method == "none":
         return BalancedTrainingSet(
             X=np.array(X), y=np.array(y), sample_weight=None, n_after=len(y), counts_after=before, **common

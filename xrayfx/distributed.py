@@ -359,7 +359,7 @@ def embed_batch(
 
     t0 = time.perf_counter()
     worker = get_worker()
-    plugin = worker.plugins.get(plugin_name)
+    plugin: Any = worker.plugins.get(plugin_name)
     if plugin is None or getattr(plugin, "extractor", None) is None:
         raise ClusterError(
             f"worker {worker.address} has no xrayfx extractor ({plugin_name}); its plugin setup failed or was "
@@ -396,7 +396,7 @@ def _batches(
     jobs: list[tuple[int, list[tuple[str, str]]]] = []
     for k, chunk in enumerate(chunks):
         part = todo[k * chunk_rows:(k + 1) * chunk_rows]
-        jobs.append((chunk, [(os.path.abspath(r.path), r.image_id) for r in part]))
+        jobs.append((chunk, [(os.path.abspath(r.path), r.image_id or "") for r in part]))
         if len(jobs) == chunks_per_batch:
             yield jobs
             jobs = []

@@ -42,7 +42,7 @@ class WeightsSource:
         if self.is_random:
             return f"random initialisation (seed {self.seed}) — NOT pretrained"
         label = "ImageNet" if self.kind == "imagenet" else "file"
-        return f"{label} weights {self.path} (sha256 {self.sha256[:12]}…)"
+        return f"{label} weights {self.path} (sha256 {(self.sha256 or '?')[:12]}…)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "sha256": self.sha256, "seed": self.seed}

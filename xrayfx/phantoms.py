@@ -35,6 +35,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -326,7 +327,7 @@ def _patient_anatomy(patient: _Patient, seed: int) -> dict:
     """Per-patient shape and disease parameters, the same in all the patient's images."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TAG_PATIENT, patient.index]))
     child = patient.age_group == "pediatric"
-    a = {
+    a: dict[str, Any] = {
         "half_width": rng.uniform(0.68, 0.75) if child else rng.uniform(0.78, 0.87),
         "lung_top": rng.uniform(-0.66, -0.60) if child else rng.uniform(-0.78, -0.70),
         "dome_base": rng.uniform(0.40, 0.46) if child else rng.uniform(0.50, 0.58),
