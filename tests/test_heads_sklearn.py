@@ -11,10 +11,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from xrayfx.heads.classical import KNNHead, LinearSVMHead, LogisticRegressionHead, RBFSVMHead
 
-CALIBRATED_FEW_ROWS = (
-    "the SVM heads calibrate probabilities on cv=5 folds and refuse (UsageError) a class with fewer "
-    "than 5 training rows; this check's data has 3 rows of one class"
-)
 CALIBRATION_VS_CLASS_WEIGHT = (
     "predict is the argmax of probabilities calibrated on held-out folds (CalibratedClassifierCV), "
     "which re-learns the class priors and so undoes most of the margin shift class_weight gives the SVM"
@@ -30,10 +26,7 @@ def expected_failures(head) -> dict[str, str]:
     if isinstance(head, KNNHead):
         return {"check_class_weight_classifiers": KNN_NO_CLASS_WEIGHT}
     if isinstance(head, (LinearSVMHead, RBFSVMHead)):
-        return {
-            "check_class_weight_classifiers": CALIBRATION_VS_CLASS_WEIGHT,
-            "check_fit2d_1feature": CALIBRATED_FEW_ROWS,
-        }
+        return {"check_class_weight_classifiers": CALIBRATION_VS_CLASS_WEIGHT}
     return {}
 
 
