@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/xrayfx demo --out demo-output $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -60,7 +60,7 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def machine_line() -> str:
     """Machine, date and versions, for the head of a results section."""
-    from xrayfx.bench import cpu_info
+    from xrayfx.bench_measure import cpu_info
     from xrayfx.util import library_versions
 
     cpu = cpu_info()

@@ -95,7 +95,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from xrayfx.datasets import ImageRecord
-    from xrayfx.export import export_model, model_config
+    from xrayfx.export import export_model
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import _extract_missing, extract, open_cache
     from xrayfx.runtimes import make_extractor
 

@@ -60,7 +60,8 @@ def embed(fn, images: np.ndarray, batch: int = 32) -> np.ndarray:
 def fidelity(model: str, weights: str, rows: list[dict], cache_dir: Path, out: Path, resamples: int) -> dict:
     import onnxruntime as ort
 
-    from xrayfx.export import export_model, model_config
+    from xrayfx.export import export_model
+    from xrayfx.modelconfig import model_config
     from xrayfx.heads import make_head
     from xrayfx.images import load_image
     from xrayfx.metrics import bootstrap_auroc

@@ -88,7 +88,7 @@ def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
 
 
 def _config():
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
 
     return model_config("mobilenet", weights=str(WEIGHTS))
 

@@ -53,7 +53,8 @@ PAPER_WAY = r"""
 import json, sys, time
 import numpy as np
 from concurrent.futures import ThreadPoolExecutor
-from xrayfx.export import build_keras_backbone, model_config
+from xrayfx.export import build_keras_backbone
+from xrayfx.modelconfig import model_config
 from xrayfx.images import load_image
 from xrayfx.util import import_keras_quietly
 model_name, manifest, n_train, n_val = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -134,7 +135,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
-    from xrayfx.export import export_model, model_config
+    from xrayfx.export import export_model
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import extract
     from xrayfx.report import build_report
     from xrayfx.train import fit_head

@@ -71,7 +71,7 @@ def mobilenet_config():
     """MobileNet alpha 0.25 with the real ImageNet weights from ../shared (signal, not 1e-15 noise)."""
     if not MOBILENET_WEIGHTS.exists():
         pytest.skip(f"{MOBILENET_WEIGHTS} not found")
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
 
     return model_config("mobilenet", weights=str(MOBILENET_WEIGHTS))
 

@@ -12,14 +12,13 @@ from tests.conftest import MOBILENET_WEIGHTS, run_cli_inprocess as run
 from xrayfx.bench import (
     PAPER_MODELS,
     RECORD_FIELDS,
-    RssSampler,
-    matmul_rate,
     parse_batch_sizes,
     parse_list,
     parse_models,
     plan_bench,
     render_table,
 )
+from xrayfx.bench_measure import RssSampler, matmul_rate
 from xrayfx.exceptions import RuntimeSetupError, UsageError
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None

@@ -52,7 +52,7 @@ def test_help_has_an_example(cmd):
     [
         (["--labels", "covid"], "Expected exactly two distinct labels after --labels"),
         (["--labels", "covid,normal,viral"], "Expected exactly two distinct labels after --labels"),
-        (["--head", "forest"], "Unknown --head 'forest'; choose one of: paper, logreg"),
+        (["--head", "forest"], "'forest' is not one of 'paper', 'logreg', 'linear-svm', 'rbf-svm', 'knn'"),
         (["--head", "logreg", "--epochs", "5"], "--epochs"),
         (["--positive", "viral"], "--positive"),
     ],

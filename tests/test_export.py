@@ -18,9 +18,9 @@ from xrayfx.export import (
     export_model,
     keras_embed,
     load_exported,
-    model_config,
 )
 from xrayfx.extractor import Extractor
+from xrayfx.modelconfig import model_config
 from xrayfx.registry import get_spec
 from xrayfx.util import sha256_file
 
@@ -43,7 +43,7 @@ def test_fingerprint_depends_on_weights_seed_preprocessing_and_resize():
 def test_fingerprint_ignores_descriptive_fields_only():
     import dataclasses
 
-    from xrayfx.export import ModelConfig
+    from xrayfx.modelconfig import ModelConfig
 
     base = model_config("mobilenet", weights="none", seed=0)
     relabelled = ModelConfig(dataclasses.replace(base.spec, license="other", description="x", gflops=1.0),

@@ -85,7 +85,7 @@ def test_summary_counts_files_and_names_byte_identical_duplicates(tmp_path, shar
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import extract
 
     def die(chunks_done):

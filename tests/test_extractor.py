@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import sidecar_path
+from xrayfx.modelconfig import sidecar_path
 from xrayfx.extractor import Extractor, check_onnxruntime_install, providers_for
 
 

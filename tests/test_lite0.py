@@ -20,7 +20,8 @@ import pytest
 from conftest import GOLDEN_LITE0
 from xrayfx.backbones import efficientnet_lite0 as lite0
 from xrayfx.exceptions import UnsafePickleError, UsageError, WeightsError
-from xrayfx.registry import get_spec, normalise_pixels
+from xrayfx.data.preprocessing import normalise_pixels
+from xrayfx.registry import get_spec
 from xrayfx.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 GOLDEN_NPZ = GOLDEN_LITE0 / "reference.npz"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_LITE0
-from xrayfx.export import export_model, model_config
+from xrayfx.export import export_model
+from xrayfx.modelconfig import model_config
 from xrayfx.runtimes import make_extractor
 
 GOLDEN = GOLDEN_LITE0 / "reference.npz"

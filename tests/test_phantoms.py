@@ -17,7 +17,7 @@ from xrayfx.exceptions import UsageError
 from xrayfx.phantoms import MANIFEST_COLUMNS, generate_phantoms
 from xrayfx.util import sha256_file
 
-EXPECTED_COLUMNS = ["path", "label", "source", "patient_id", "view", "age_group", "synthetic"]
+EXPECTED_COLUMNS = ["path", "label", "patient_id", "source", "view", "age_group", "synthetic"]
 
 
 def read_rows(manifest: Path) -> list[dict[str, str]]:

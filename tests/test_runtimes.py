@@ -155,7 +155,7 @@ def test_the_same_calibration_set_reuses_the_registered_variant(int8_variant, mo
 
 
 def test_int8_without_calibration_or_data_says_what_to_pass(mobilenet_export, tmp_path):
-    from xrayfx.export import ExportedModel
+    from xrayfx.modelconfig import ExportedModel
     from xrayfx.quantize import ensure_int8
 
     (tmp_path / "models").mkdir()
@@ -179,8 +179,8 @@ def test_calibration_refuses_more_than_64_images(mobilenet_export):
 def test_a_changed_int8_file_is_refused(int8_variant, mobilenet_export, tmp_path):
     import shutil
 
-    from xrayfx.export import ExportedModel
-    from xrayfx.export import sidecar_path as side_of
+    from xrayfx.modelconfig import ExportedModel
+    from xrayfx.modelconfig import sidecar_path as side_of
 
     (tmp_path / "models").mkdir()
     for src in (mobilenet_export.path, int8_variant.path):

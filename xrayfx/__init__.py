@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API = {
     "extract": "xrayfx.pipeline",
     "export_model": "xrayfx.export",
-    "model_config": "xrayfx.export",
+    "model_config": "xrayfx.modelconfig",
     "load_dataset": "xrayfx.datasets",
     "generate_phantoms": "xrayfx.phantoms",
     "fit_head": "xrayfx.train",

@@ -48,9 +48,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from xrayfx import images
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache
 from xrayfx.exceptions import UsageError
-from xrayfx.export import ExportedModel, ModelConfig
+from xrayfx.modelconfig import ExportedModel, ModelConfig
+from xrayfx.pipeline import cache_group_for
 from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, make_extractor
 from xrayfx.util import sha256_json
@@ -235,8 +237,6 @@ class JitterSource:
         if isinstance(cache, EmbeddingCache):
             self.cache = cache
         else:
-            from xrayfx.pipeline import cache_group_for
-
             main = main_group or cache_group_for(config, runtime, precision)
             attrs = {
                 "model": config.to_dict(), "runtime": runtime, "precision": precision,
@@ -307,12 +307,10 @@ class JitterSource:
 
     # --------------------------------------------------------------- producer
     def _base(self, index: int) -> np.ndarray:
-        from xrayfx.images import load_image
-
         image_id = self.image_ids[index]
         img = self._bases.get(image_id)
         if img is None:
-            img = load_image(self.paths[index], self.config.preprocessing, self.keep_degenerate)
+            img = images.load_image(self.paths[index], self.config.preprocessing, self.keep_degenerate)
             self._bases[image_id] = img
         return img
 

@@ -49,7 +49,10 @@ def _features(X: Any, what: str) -> np.ndarray:
     return X
 
 
-_TOKEN = object()
+def balanced_class_weights(y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``y`` (sorted) and their "balanced" weights ``n / (k * count)``: the one place they are computed."""
+    classes = np.unique(y)
+    return classes, compute_class_weight("balanced", classes=classes, y=y)
 
 
 class TrainingRows:
@@ -259,14 +262,13 @@ def balance(
             f"Expected at least two classes in the training rows to balance; got only "
             f"{before}. Fix: rebuild the split, or use --balance none."
         )
-    common = dict(method=method, n_before=len(y), counts_before=before, seed=int(seed))
+    common: dict[str, Any] = dict(method=method, n_before=len(y), counts_before=before, seed=int(seed))
     if method == "none":
         return BalancedTrainingSet(
             X=np.array(X), y=np.array(y), sample_weight=None, n_after=len(y), counts_after=before, **common
         )
     if method == "class-weight":
-        classes = np.unique(y)
-        weights = compute_class_weight("balanced", classes=classes, y=y)
+        classes, weights = balanced_class_weights(y)
         cw = {str(c): float(w) for c, w in zip(classes, weights)}
         sw = weights[np.searchsorted(classes, y)]
         return BalancedTrainingSet(

@@ -29,24 +29,26 @@ ratios stay meaningful. Per configuration and batch size the record holds:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import platform
-import resource
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xrayfx.exceptions import RuntimeSetupError, UsageError, XrayfxError
+from xrayfx.bench_keras import KerasBaseline
+from xrayfx.bench_measure import Engine, Timing, cpu_info, cpu_matmul_rates, current_rss_mb, gpu_matmul_rate, rounded
+from xrayfx.exceptions import UsageError
+from xrayfx.export import export_model
+from xrayfx.extractor import DEVICES, providers_for
+from xrayfx.modelconfig import model_config
+from xrayfx.models.custom import is_added_spec
+from xrayfx.quantize import MAX_CALIBRATION_IMAGES, calibration_images, ensure_int8
 from xrayfx.registry import get_spec
+from xrayfx.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem, make_extractor
 from xrayfx.util import atomic_write_json, library_versions
 
 SCHEMA = "xrayfx-bench/1"
@@ -108,309 +110,6 @@ def parse_batch_sizes(value: str | Sequence[int | str]) -> list[int]:
     return out
 
 
-# --------------------------------------------------------------------------------------------- machine
-
-
-def cpu_info() -> dict[str, Any]:
-    """The CPU: model, logical CPUs usable by this process, and the vector/matrix extensions that matter."""
-    from xrayfx.runtimes import cpu_flags, cpu_has_bf16
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "model": name,
-        "machine": platform.machine(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "extensions": [f for f in wanted if f in flags],
-        "bf16": cpu_has_bf16(),
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))},
-    }
-
-
-def matmul_rate(n: int = 4096, repeats: int = 3) -> dict[str, Any]:
-    """The CPU's float32 matrix-product rate in GFLOP/s: numpy ``A @ B`` of two n×n matrices, best of ``repeats``."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b  # warm-up: threads started, pages touched
-    best = math.inf
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    gflop = 2 * n**3 / 1e9
-    return {
-        "gflops": round(gflop / best, 1),
-        "how": f"numpy float32 {n}x{n} @ {n}x{n}, best of {max(1, repeats)} (a multiply-add = 2 FLOP)",
-        "blas": _blas_name(),
-        "device": "cpu",
-    }
-
-
-def ort_matmul_rate(n: int = 4096, repeats: int = 3) -> dict[str, Any]:
-    """The same float32 matrix product through onnxruntime's CPU MatMul (MLAS), best of ``repeats``.
-
-    numpy's OpenBLAS can be held below the CPU's peak (``OPENBLAS_CORETYPE=Haswell``
-    forces its AVX2 kernels on an AVX-512 CPU); MLAS picks its kernels from the CPU.
-    """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a", "b")],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
-    session.run(None, feeds)
-    best = math.inf
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        best = min(best, time.perf_counter() - t0)
-    return {"gflops": round(2 * n**3 / 1e9 / best, 1),
-            "how": f"onnxruntime CPU MatMul float32 {n}x{n}, best of {max(1, repeats)}", "device": "cpu"}
-
-
-def cpu_matmul_rates(n: int, repeats: int) -> dict[str, Any]:
-    """numpy and onnxruntime float32 matrix-product rates; ``gflops`` is the better, the machine's ceiling."""
-    numpy_rate = matmul_rate(n, repeats)
-    ort_rate = ort_matmul_rate(n, repeats)
-    return {"gflops": max(numpy_rate["gflops"], ort_rate["gflops"]), "numpy": numpy_rate, "onnxruntime": ort_rate,
-            "how": f"float32 {n}x{n} matrix product, the faster of numpy ({numpy_rate['blas']}) and onnxruntime MLAS",
-            "blas": numpy_rate["blas"], "device": "cpu"}
-
-
-def _blas_name() -> str:
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except (TypeError, AttributeError, KeyError):
-        return "?"
-
-
-def gpu_matmul_rate(device: str, precision: str, n: int = 8192, repeats: int = 5) -> dict[str, Any]:
-    """The GPU's matrix-product rate: an onnxruntime MatMul (fp32, or fp16 for fp16) on CUDA, best of ``repeats``."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from xrayfx.extractor import providers_for
-
-    elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-        [helper.make_tensor_value_info("a", elem, [n, n]), helper.make_tensor_value_info("b", elem, [n, n])],
-        [helper.make_tensor_value_info("c", elem, [n, n])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    providers = [p for p in providers_for("cuda") if p != "TensorrtExecutionProvider"]
-    session = ort.InferenceSession(model.SerializeToString(), providers=providers)
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeSetupError(f"the matmul probe fell back to {session.get_providers()[0]}; no GPU rate measured")
-    dtype = np.float16 if precision == "fp16" else np.float32
-    rng = np.random.default_rng(0)
-    feeds = {k: rng.standard_normal((n, n)).astype(dtype) for k in ("a", "b")}
-    binding = session.io_binding()
-    for k, v in feeds.items():
-        binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
-    binding.bind_output("c", "cuda")
-    session.run_with_iobinding(binding)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        best = min(best, time.perf_counter() - t0)
-    return {
-        "gflops": round(2 * n**3 / 1e9 / best, 1),
-        "how": f"onnxruntime MatMul {n}x{n} {precision if precision == 'fp16' else 'fp32'} on CUDA, inputs resident, best of {repeats}",
-        "device": device,
-    }
-
-
-class RssSampler:
-    """Samples this process's resident set every few milliseconds while active; ``peak_mb`` is the maximum."""
-
-    def __init__(self, interval_s: float = 0.005):
-        self.interval_s = interval_s
-        self.peak_mb = current_rss_mb()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "RssSampler":
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="xrayfx-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_mb = max(self.peak_mb, current_rss_mb())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak_mb = max(self.peak_mb, current_rss_mb())
-
-
-def current_rss_mb() -> float:
-    """This process's resident set now, in MiB (Linux /proc; the peak so far elsewhere)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# --------------------------------------------------------------------------------------------- timing
-
-
-@dataclass
-class Timing:
-    """Calls timed for one configuration at one batch size."""
-
-    latencies_s: list[float] = field(default_factory=list)
-    repeat_images_per_s: list[float] = field(default_factory=list)
-    calls: int = 1
-    peak_rss_mb: float = 0.0
-
-    def summary(self, batch: int) -> dict[str, Any]:
-        lat = np.asarray(self.latencies_s) * 1e3
-        ips = np.asarray(self.repeat_images_per_s)
-        return {
-            "images_per_s": {"median": _r(np.median(ips)), "min": _r(ips.min()), "max": _r(ips.max())},
-            "latency_ms": {"p50": _r(np.percentile(lat, 50)), "p95": _r(np.percentile(lat, 95))},
-            "calls_per_repeat": self.calls,
-            "repeats": len(ips),
-        }
-
-
-def _r(x: float, nd: int = 3) -> float:
-    return float(round(float(x), nd))
-
-
-@dataclass
-class Engine:
-    """One built configuration: a runtime, device and precision running one backbone."""
-
-    runtime: str
-    device: str
-    precision: str
-    extractor: Any
-    session_seconds: float
-    model_rss_mb: float = 0.0
-    variant_file: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.runtime}/{self.device}/{self.precision}"
-
-    @property
-    def providers(self) -> list[str]:
-        return list(self.extractor.providers)
-
-    def time_calls(self, images: np.ndarray, calls: int, timing: Timing) -> None:
-        with RssSampler() as rss:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                t = time.perf_counter()
-                self.extractor(images)
-                timing.latencies_s.append(time.perf_counter() - t)
-            elapsed = time.perf_counter() - t0
-        timing.repeat_images_per_s.append(calls * len(images) / elapsed)
-        timing.peak_rss_mb = max(timing.peak_rss_mb, rss.peak_mb)
-
-
-class KerasBaseline:
-    """The Keras backbone in a child process, driven one command at a time (so it interleaves)."""
-
-    def __init__(self, config: Any):
-        self._log_file = tempfile.TemporaryFile()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xrayfx.bench", "keras-worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, env=env, text=True, bufsize=1,
-        )
-        self._tmp = tempfile.TemporaryDirectory(prefix="xrayfx-bench-")
-        try:
-            reply = self._ask({"cmd": "load", "config": config.to_dict()})
-        except BaseException:
-            self.close()
-            raise
-        self.build_seconds = reply["seconds"]
-        self.versions = reply["versions"]
-        self.device = reply["device"]
-        self.call = ""
-
-    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.proc.poll() is not None:
-            raise RuntimeSetupError(f"the Keras baseline process ended (exit code {self.proc.returncode}){self._tail()}")
-        if self.proc.stdin is None or self.proc.stdout is None:
-            raise RuntimeSetupError("the Keras baseline process has no pipes; this is a bug in xrayfx")
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=30)
-            raise RuntimeSetupError(
-                f"the Keras baseline process died (exit code {self.proc.returncode}) during {message['cmd']}; "
-                f"if it ran out of memory, bench fewer backbones at a time{self._tail()}"
-            )
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeSetupError(f"Keras baseline failed: {reply['error']}{self._tail()}")
-        return reply
-
-    def _tail(self) -> str:
-        self._log_file.seek(0)
-        text = self._log_file.read().decode(errors="replace")[-2000:]
-        return f"; its last output:\n{text}" if text.strip() else ""
-
-    def set_images(self, images: np.ndarray, warmup: int) -> float:
-        """Hand over a uint8 batch (normalised in the child) and warm up; returns one call's seconds."""
-        path = Path(self._tmp.name) / "images.npy"
-        np.save(path, images, allow_pickle=False)
-        reply = self._ask({"cmd": "images", "path": str(path), "warmup": warmup})
-        self.call = reply["call"]
-        return float(reply["seconds"])
-
-    def time_calls(self, images: np.ndarray, calls: int, timing: Timing) -> None:
-        reply = self._ask({"cmd": "run", "calls": calls})
-        timing.latencies_s.extend(reply["latencies_s"])
-        timing.repeat_images_per_s.append(calls * len(images) / reply["elapsed_s"])
-        timing.peak_rss_mb = max(timing.peak_rss_mb, reply["peak_rss_mb"])
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self._ask({"cmd": "quit"})
-            except RuntimeSetupError:
-                pass
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._tmp.cleanup()
-        self._log_file.close()
-
-
 # --------------------------------------------------------------------------------------------- the run
 
 
@@ -442,8 +141,6 @@ def plan_bench(
     cache_dir: str | Path | None = None,
 ) -> BenchPlan:
     """Check every option and the devices (a GPU asked for on a CPU-only machine is refused here)."""
-    from xrayfx.extractor import DEVICES, providers_for
-    from xrayfx.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem
 
     model_list = parse_models(models, cache_dir)
     runtime_list = parse_list(runtimes, "--runtime", RUNTIMES)
@@ -497,8 +194,6 @@ def run_bench(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run a checked plan; returns the JSON document (machine, settings, one record per configuration)."""
-    from xrayfx.export import export_model, model_config
-    from xrayfx.models.custom import is_added_spec
 
     say = log or (lambda m: None)
     cpu = cpu_info()
@@ -553,11 +248,11 @@ def run_bench(
                         record["baseline"] = "keras"
                         record["baseline_images_per_s"] = b["images_per_s"]["median"]
                         record["baseline_detail"] = {
-                            **b, "peak_rss_mb": _r(results["keras"].peak_rss_mb, 1), "call": baseline.call,
+                            **b, "peak_rss_mb": rounded(results["keras"].peak_rss_mb, 1), "call": baseline.call,
                             "device": baseline.device, "build_seconds": baseline.build_seconds,
                             "inputs": "the same images, normalised to float32 before timing",
                         }
-                        record["ratio_vs_baseline"] = _r(
+                        record["ratio_vs_baseline"] = rounded(
                             record["images_per_s"]["median"] / record["baseline_images_per_s"], 3
                         )
                     doc["records"].append(record)
@@ -578,7 +273,7 @@ def run_bench(
         if record["device"] == "cpu":
             record["matmul_gflops"] = best
             if record["gflops"] is not None:
-                record["roofline_fraction"] = _r(record["gflops"] / best, 3)
+                record["roofline_fraction"] = rounded(record["gflops"] / best, 3)
     return doc
 
 
@@ -595,7 +290,6 @@ def _inputs(config: Any, n: int, data: str | Path | None) -> np.ndarray:
     h, w = config.preprocessing.input_size
     if data is None:
         return np.random.default_rng(0).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
-    from xrayfx.quantize import MAX_CALIBRATION_IMAGES, calibration_images
 
     _, images = calibration_images(data, config.preprocessing, n=min(n, MAX_CALIBRATION_IMAGES))
     reps = math.ceil(n / len(images))
@@ -605,13 +299,11 @@ def _inputs(config: Any, n: int, data: str | Path | None) -> np.ndarray:
 def _build_engines(
     exported: Any, plan: BenchPlan, calibration: Any, data: Any, images: np.ndarray, say: Callable[[str], None]
 ) -> list[Engine]:
-    from xrayfx.runtimes import make_extractor
 
     engines = []
     for runtime, device, precision in plan.combos:
         model_path = None
         if precision == "int8":
-            from xrayfx.quantize import ensure_int8
 
             variant = ensure_int8(exported, calibration=calibration, data=data, log=say)
             model_path = variant.path
@@ -623,7 +315,7 @@ def _build_engines(
             extractor(images[: max(plan.batch_sizes)])
         engine = Engine(runtime, device, precision, extractor, round(seconds, 3),
                         variant_file=Path(model_path).name if model_path else None)
-        engine.model_rss_mb = _r(max(0.0, current_rss_mb() - rss0), 1)
+        engine.model_rss_mb = rounded(max(0.0, current_rss_mb() - rss0), 1)
         engines.append(engine)
     return engines
 
@@ -684,14 +376,14 @@ def _record(
         "precision": engine.precision,
         "batch_size": batch,
         **s,
-        "peak_rss_mb": _r(timing.peak_rss_mb, 1),
+        "peak_rss_mb": rounded(timing.peak_rss_mb, 1),
         "model_rss_mb": engine.model_rss_mb,
         "session_seconds": engine.session_seconds,
         "variant_file": engine.variant_file,
         "gflop_per_image": gflop,
-        "gflops": _r(gflops, 1) if gflops is not None else None,
+        "gflops": rounded(gflops, 1) if gflops is not None else None,
         "matmul_gflops": rate["gflops"],
-        "roofline_fraction": _r(gflops / rate["gflops"], 3) if gflops is not None else None,
+        "roofline_fraction": rounded(gflops / rate["gflops"], 3) if gflops is not None else None,
         "baseline": None,
         "baseline_images_per_s": None,
         "ratio_vs_baseline": None,
@@ -733,77 +425,3 @@ def render_table(doc: dict[str, Any]) -> Any:
         )
         last = r["model"]
     return table
-
-
-# --------------------------------------------------------------------------------------------- Keras child
-
-
-def _keras_worker() -> int:
-    """Child side of :class:`KerasBaseline`: JSON commands on stdin, JSON replies on the original stdout."""
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything TensorFlow prints goes to the log, not into the protocol
-    state: dict[str, Any] = {}
-    for line in sys.stdin:
-        message = json.loads(line)
-        try:
-            reply = _keras_command(message, state)
-        except (XrayfxError, ValueError, OSError, RuntimeError, MemoryError) as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        out.write(json.dumps(reply) + "\n")
-        if message.get("cmd") == "quit":
-            break
-    return 0
-
-
-def _keras_command(message: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    cmd = message.get("cmd")
-    if cmd == "load":
-        from xrayfx.export import ModelConfig, build_keras_backbone
-        from xrayfx.util import import_keras_quietly
-
-        t0 = time.perf_counter()
-        keras = import_keras_quietly()
-        import tensorflow as tf
-
-        config = ModelConfig.from_dict(message["config"])
-        state["config"] = config
-        state["model"] = build_keras_backbone(config)
-        gpus = tf.config.list_physical_devices("GPU")
-        return {"seconds": round(time.perf_counter() - t0, 2), "device": "gpu" if gpus else "cpu",
-                "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-    if cmd == "images":
-        config, model = state["config"], state["model"]
-        x = config.preprocessing.apply(np.load(message["path"], allow_pickle=False).astype(np.float32))
-        state["x"] = x
-        calls = {"model(x, training=False)": lambda: model(x, training=False),
-                 "predict_on_batch": lambda: model.predict_on_batch(x)}
-        best, best_name = math.inf, ""
-        for name, fn in calls.items():
-            for _ in range(max(1, int(message.get("warmup", 2)))):
-                np.asarray(fn())
-            t0 = time.perf_counter()
-            np.asarray(fn())
-            seconds = time.perf_counter() - t0
-            if seconds < best:
-                best, best_name = seconds, name
-        state["call"] = calls[best_name]
-        return {"call": best_name, "seconds": best}
-    if cmd == "run":
-        fn = state["call"]
-        lat = []
-        t0 = time.perf_counter()
-        for _ in range(int(message["calls"])):
-            t = time.perf_counter()
-            np.asarray(fn())
-            lat.append(time.perf_counter() - t)
-        return {"latencies_s": lat, "elapsed_s": time.perf_counter() - t0,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if cmd == "quit":
-        return {"ok": True}
-    return {"error": f"unknown command {cmd!r}"}
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["keras-worker"]:
-        sys.exit(_keras_worker())
-    sys.exit("usage: python -m xrayfx.bench keras-worker (internal: the Keras baseline of `xrayfx bench`)")

@@ -17,9 +17,10 @@ import numpy as np
 
 from xrayfx.data.files import scan_folder, sha256_regular
 from xrayfx.exceptions import DataError, ImageDecodeError
+from xrayfx.images import is_image_path
 
-META_COLUMNS = ("patient_id", "source", "view", "age_group")
-
+#: The columns every manifest xrayfx writes starts with, in this order; only ``path`` is required to read one.
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "source", "view", "age_group")
 
 @dataclass
 class ImageRecord:
@@ -64,9 +65,6 @@ class Dataset:
     def labels(self) -> list[str]:
         return sorted({r.label for r in self.records if r.label})
 
-    def has_column(self, column: str) -> bool:
-        return column == "label" or column in self.columns
-
 
 def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
     """Read a class-folder tree or a CSV manifest, and hash every readable file."""
@@ -89,8 +87,6 @@ def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
 
 
 def _read_folder(root: Path) -> Dataset:
-    from xrayfx.images import is_image_path
-
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(
@@ -105,13 +101,25 @@ def _read_folder(root: Path) -> Dataset:
     return Dataset(source=root, kind="folder", records=records, columns=["path", "label"])
 
 
-def _read_manifest(manifest: Path) -> Dataset:
+def read_manifest_csv(
+    manifest: str | Path, required: tuple[str, ...] = ("path",), fix: str = "add a 'path' column (and 'label')"
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a manifest CSV (UTF-8, with or without a BOM): the one manifest reader.
+
+    Raises DataError when a ``required`` column is missing; ``fix`` ends the message.
+    """
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        if "path" not in columns:
-            raise DataError(f"manifest {manifest} has columns {columns}; expected at least 'path' (and 'label')")
-        rows = list(reader)
+        columns = [c for c in (reader.fieldnames or []) if c is not None]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            wanted = " and ".join(repr(c) for c in required)
+            raise DataError(f"expected columns {wanted} in manifest {manifest}, got {columns}; fix: {fix}")
+        return columns, [dict(r) for r in reader]
+
+
+def _read_manifest(manifest: Path) -> Dataset:
+    columns, rows = read_manifest_csv(manifest)
     base = manifest.parent
     records = []
     for line, row in enumerate(rows, start=2):

@@ -37,7 +37,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run phantoms (unless ``data`` is given) → extract → fit-head → report; return where results are."""
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
     from xrayfx.phantoms import generate_phantoms
     from xrayfx.pipeline import extract
     from xrayfx.report import build_report

@@ -34,22 +34,25 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from xrayfx import __version__, images
 from xrayfx.cache import EmbeddingCache
+from xrayfx.data.stream import Skip
 from xrayfx.exceptions import ClusterError, ImageDecodeError, IntegrityError, RuntimeSetupError, UsageError, XrayfxError
-from xrayfx.pipeline import Skip
 from xrayfx.progress import ImageProgress
+from xrayfx.runtimes import make_extractor
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from xrayfx.datasets import ImageRecord
-    from xrayfx.export import ExportedModel, ModelConfig
-    from xrayfx.registry import Preprocessing
+    from xrayfx.modelconfig import ExportedModel, ModelConfig
+    from xrayfx.data.preprocessing import Preprocessing
 
 __all__ = [
     "BatchResult",
@@ -211,9 +214,7 @@ def _probe_worker(
 def _runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
-    import xrayfx
-
-    out = {"xrayfx": xrayfx.__version__}
+    out = {"xrayfx": __version__}
     for dist in ("onnxruntime", "onnxruntime-gpu", "zarr"):
         try:
             out[dist] = metadata.version(dist)
@@ -270,15 +271,7 @@ def check_workers(
 # ---------------------------------------------------------------------------- worker side
 
 
-def _worker_plugin_base() -> type:
-    try:
-        from distributed import WorkerPlugin
-    except ImportError:  # the module imports without the extra; only running needs it
-        return object
-    return WorkerPlugin
-
-
-class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
+class _ExtractorPluginBody:
     """Builds the worker process's one inference session, once, when the worker joins.
 
     Registered by the client with ``Client.register_plugin`` under a run-unique
@@ -299,8 +292,6 @@ class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
 
     def setup(self, worker: Any) -> None:
         """Create the session (verifying the ONNX file's sha256)."""
-        from xrayfx.runtimes import make_extractor
-
         extractor = make_extractor(self.exported, self.runtime, self.precision, self.device, self.intra_op_threads,
                                    model_path=self.model_path)
         expected = self.exported.sidecar["onnx_sha256"]
@@ -317,6 +308,21 @@ class ExtractorPlugin(_worker_plugin_base()):  # type: ignore[misc]
     def teardown(self, worker: Any) -> None:
         """Drop the session."""
         self.extractor = None
+
+
+@lru_cache(maxsize=1)
+def _extractor_plugin_class() -> type:
+    """``ExtractorPlugin``: the body above on Dask's ``WorkerPlugin``, made on first use so dask stays lazy."""
+    from distributed import WorkerPlugin
+
+    return type("ExtractorPlugin", (_ExtractorPluginBody, WorkerPlugin), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    # ``ExtractorPlugin`` needs dask's base class; importing this module must not import dask.
+    if name == "ExtractorPlugin":
+        return _extractor_plugin_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -351,11 +357,9 @@ def embed_batch(
     """
     from distributed import get_worker
 
-    from xrayfx import images
-
     t0 = time.perf_counter()
     worker = get_worker()
-    plugin = worker.plugins.get(plugin_name)
+    plugin: Any = worker.plugins.get(plugin_name)
     if plugin is None or getattr(plugin, "extractor", None) is None:
         raise ClusterError(
             f"worker {worker.address} has no xrayfx extractor ({plugin_name}); its plugin setup failed or was "
@@ -392,7 +396,7 @@ def _batches(
     jobs: list[tuple[int, list[tuple[str, str]]]] = []
     for k, chunk in enumerate(chunks):
         part = todo[k * chunk_rows:(k + 1) * chunk_rows]
-        jobs.append((chunk, [(os.path.abspath(r.path), r.image_id) for r in part]))
+        jobs.append((chunk, [(os.path.abspath(r.path), r.image_id or "") for r in part]))
         if len(jobs) == chunks_per_batch:
             yield jobs
             jobs = []
@@ -453,7 +457,7 @@ def extract_missing_distributed(
         threads = _cluster_threads(client)
         check_workers(client, group_path, model_file or exported.path, readable)
         plugin_name = f"xrayfx-extractor-{uuid.uuid4().hex[:12]}"
-        plugin = ExtractorPlugin(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
+        plugin = _extractor_plugin_class()(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
                                  model_file)
         plugin.keep_degenerate = keep_degenerate  # degenerate images are skipped unless kept
         try:

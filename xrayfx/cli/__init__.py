@@ -1,12 +1,16 @@
 """The `xrayfx` command line: a thin layer over the library.
 
-Each command group lives in its own module and registers itself on ``app``.
+Each command group lives in its own module, listed in :data:`COMMAND_MODULES`, and
+adds its commands in ``register(app)``. A new command goes into one of them, or into
+a new module added to that list. Command modules import the library inside the
+command functions, so ``xrayfx --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib import import_module
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -28,17 +32,18 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _register_commands() -> None:
-    from xrayfx.cli import core  # noqa: F401  (registers export, extract, cache, phantoms, demo)
+#: The modules under xrayfx/cli/ that define commands, in the order of ``xrayfx --help``; each has ``register(app)``.
+COMMAND_MODULES = ("core", "models", "cache_verify", "data", "train", "evaluate", "report", "bench")
+_registered = False
 
-    for optional in ("models", "data", "train", "evaluate", "report", "bench"):
-        try:
-            module = __import__(f"xrayfx.cli.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"xrayfx.cli.{optional}":
-                raise
-            continue
-        module.register(app)
+
+def _register_commands() -> None:
+    global _registered
+    if _registered:
+        return
+    for name in COMMAND_MODULES:
+        import_module(f"xrayfx.cli.{name}").register(app)
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("Aborted.")
         sys.exit(130)
-    except typer.BadParameter.__mro__[2] as exc:  # click's ClickException (vendored by typer 0.29)
-        exc.show()
+    except typer.TyperException as exc:
+        # Bad options and arguments (exit code 2). Typer 0.29 vendors click as typer._click, so the
+        # installed `click` package's ClickException would not catch them; TyperException is their
+        # public base class.
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"error: {exc.format_message()}", highlight=False, markup=False)
         sys.exit(exc.exit_code)

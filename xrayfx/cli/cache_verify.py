@@ -12,7 +12,6 @@ from xrayfx.cli.core import cache_app
 from xrayfx.cli.options import CacheDir
 
 
-@cache_app.command("verify")
 def cache_verify(
     groups: Annotated[
         Optional[list[str]],
@@ -51,6 +50,11 @@ def cache_verify(
             f"{damaged} damaged chunk(s) found; run `xrayfx cache verify --repair --cache-dir {cache_dir}` to mark "
             "their rows not done, then extract again to recompute them (extract also repairs the chunks it reuses)"
         )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``verify`` to the ``cache`` group (registered on ``app`` by :mod:`xrayfx.cli.core`)."""
+    cache_app.command("verify")(cache_verify)
 
 
 def _select_groups(cache_dir: Path, names: list[str], models: list[str]) -> list:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli import app, console, err_console
+from xrayfx.cli import console, err_console
 from xrayfx.cli.options import (
     BitDepth,
     CacheDir,
@@ -17,8 +17,10 @@ from xrayfx.cli.options import (
     Device,
     KeepDegenerate,
     Model,
+    PrecisionName,
     Preprocess,
     Resize,
+    RuntimeName,
     Seed,
     Weights,
 )
@@ -37,7 +39,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print versions.")
@@ -80,7 +81,6 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
                   "ONNX size once exported", highlight=False)
 
 
-@app.command("export")
 def export_cmd(
     model: Model,
     weights: Weights = "imagenet",
@@ -94,7 +94,8 @@ def export_cmd(
 
     Example: xrayfx export --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
     """
-    from xrayfx.export import export_model, model_config
+    from xrayfx.export import export_model
+    from xrayfx.modelconfig import model_config
 
     config = model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     _warn_random(config)
@@ -117,7 +118,6 @@ def _warn_random(config) -> None:
         )
 
 
-@app.command("extract")
 def extract_cmd(
     model: Model,
     data: Data,
@@ -131,10 +131,10 @@ def extract_cmd(
     workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if any input is skipped.")] = False,
     runtime: Annotated[
-        str, typer.Option("--runtime", help="onnxruntime | openvino (the openvino extra); part of the cache key.")
+        RuntimeName, typer.Option("--runtime", help="openvino needs the openvino extra; part of the cache key.")
     ] = "onnxruntime",
     precision: Annotated[
-        str,
+        PrecisionName,
         typer.Option("--precision", help="fp32 | int8 (onnxruntime, CPU; see --calibration) | bf16 (openvino, CPUs "
                      "with bf16) | fp16 (onnxruntime, GPU); part of the cache key."),
     ] = "fp32",
@@ -161,7 +161,7 @@ def extract_cmd(
     """
     from xrayfx.datasets import load_dataset
     from xrayfx.exceptions import CacheRepairWarning, ImageQualityWarning
-    from xrayfx.export import model_config
+    from xrayfx.modelconfig import model_config
     from xrayfx.pipeline import extract
 
     dataset = load_dataset(data)
@@ -182,7 +182,6 @@ def extract_cmd(
 
 
 cache_app = typer.Typer(help="Inspect the embedding cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("ls")
@@ -214,7 +213,6 @@ def cache_ls(cache_dir: CacheDir = Path("cache")) -> None:
     console.print(table)
 
 
-@app.command("phantoms")
 def phantoms_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
@@ -232,7 +230,6 @@ def phantoms_cmd(
     console.print(f"synthetic phantoms (not medical data): {manifest}", highlight=False)
 
 
-@app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for all demo results.")] = Path("demo-output"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Backbone (default: the demo's).")] = None,
@@ -266,4 +263,11 @@ def demo_cmd(
         console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
-from xrayfx.cli import cache_verify  # noqa: E402,F401  (registers `xrayfx cache verify` on cache_app)
+def register(app: typer.Typer) -> None:
+    """Add the core commands (export, extract, cache, phantoms, demo) and the root options."""
+    app.callback()(_root)
+    app.command("export")(export_cmd)
+    app.command("extract")(extract_cmd)
+    app.add_typer(cache_app, name="cache")
+    app.command("phantoms")(phantoms_cmd)
+    app.command("demo")(demo_cmd)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xrayfx.cli.options import NormalSourceName
 from xrayfx.exceptions import UsageError
 from xrayfx.sources import (
     COHEN_FRONTAL_VIEWS,
@@ -273,7 +274,7 @@ def paper_command(
     n_normal: Annotated[Optional[int], typer.Option(
         "--n-normal", help=f"Normal images to draw (default: {PAPER_N_NORMAL} from kermany, all available from nih "
                            "or nih+cohen).", show_default=False)] = None,
-    normal_source: Annotated[str, typer.Option(
+    normal_source: Annotated[NormalSourceName, typer.Option(
         "--normal-source", help="kermany (alias mooney; the paper's), nih, or nih+cohen (adult control).",
     )] = "kermany",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the patient order.")] = 0,

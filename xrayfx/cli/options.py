@@ -1,11 +1,25 @@
-"""Option types shared by several commands, so each is spelled and documented once."""
+"""Option types shared by several commands, so each is spelled and documented once.
+
+Fixed choices are ``Literal`` types: ``--help`` lists them and a typo exits 2 with the list. They
+repeat the library's tuples (``RUNTIMES``, ``HEADS`` …) so that ``xrayfx --help`` imports no
+library code; tests/test_cli_choices.py checks they agree.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+
+RuntimeName = Literal["onnxruntime", "openvino"]  # xrayfx.runtimes.RUNTIMES
+PrecisionName = Literal["fp32", "fp16", "int8", "bf16"]  # xrayfx.runtimes.PRECISIONS
+DeviceName = Literal["cpu", "cuda", "tensorrt", "auto"]  # xrayfx.extractor.DEVICES
+PreprocessName = Literal["imagenet", "paper"]  # xrayfx.registry.PREPROCESS_OPTIONS
+ResizeName = Literal["stretch", "crop"]  # xrayfx.registry.RESIZE_OPTIONS
+HeadName = Literal["paper", "logreg", "linear-svm", "rbf-svm", "knn"]  # xrayfx.heads.HEADS
+BalanceName = Literal["smote", "random", "class-weight", "none"]  # xrayfx.balance.BALANCE_METHODS
+NormalSourceName = Literal["kermany", "mooney", "nih", "nih+cohen"]  # xrayfx.sources.paper.NORMAL_SOURCES
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Backbone name (see `xrayfx models`).")]
 Weights = Annotated[
@@ -18,14 +32,14 @@ Weights = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the random initialisation with --weights none.")]
 Preprocess = Annotated[
-    str,
+    PreprocessName,
     typer.Option("--preprocess", help="'imagenet': the backbone's own Keras preprocessing; 'paper': scale to [0,1]."),
 ]
 Resize = Annotated[
-    str, typer.Option("--resize", help="'stretch' to the input size (the paper) or 'crop' (shorter side, centre crop).")
+    ResizeName, typer.Option("--resize", help="'stretch' to the input size (the paper) or 'crop' (shorter side, centre crop).")
 ]
 CacheDir = Annotated[Path, typer.Option("--cache-dir", help="Cache folder (models, embeddings, runs, logs).")]
-Device = Annotated[str, typer.Option("--device", help="cpu | cuda | tensorrt | auto.")]
+Device = Annotated[DeviceName, typer.Option("--device", help="Where inference runs ('auto': the best present).")]
 Data = Annotated[
     Path, typer.Option("--data", "-d", help="A folder with one subfolder per class, or a CSV manifest (path,label,...).")
 ]

@@ -9,10 +9,12 @@ import typer
 from rich.table import Table
 
 from xrayfx.cli.options import (
+    BalanceName,
     BitDepth,
     CacheDir,
     Data,
     Device,
+    HeadName,
     KeepDegenerate,
     Model,
     Preprocess,
@@ -55,9 +57,9 @@ def fit_head_cmd(
     = "covid,normal",
     positive: Annotated[str, typer.Option(
         "--positive", help="The class that recall, AUROC and TP refer to.")] = "covid",
-    head: Annotated[str, typer.Option("--head", help="paper | logreg | linear-svm | rbf-svm | knn.")] = "paper",
-    balance: Annotated[str, typer.Option(
-        "--balance", help="smote | random | class-weight | none (training rows only).")] = "smote",
+    head: Annotated[HeadName, typer.Option("--head", help="The head trained on the embeddings.")] = "paper",
+    balance: Annotated[BalanceName, typer.Option(
+        "--balance", help="How the training rows are balanced (training rows only).")] = "smote",
     k_neighbors: Annotated[int, typer.Option("--k-neighbors", help="SMOTE's k.")] = 5,
     augment: Annotated[int, typer.Option(
         "--augment", help="N random jitters per training image (fresh each epoch for the paper head).")] = 0,

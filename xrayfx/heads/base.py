@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import assert_all_finite, check_array, check_is_fitted, column_or_1d
 
-from xrayfx.exceptions import UsageError
+from xrayfx.balance import balanced_class_weights
+from xrayfx.exceptions import TrainingLabelsError, UsageError
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -68,9 +70,9 @@ class Head(ClassifierMixin, BaseEstimator):
         y = column_or_1d(np.asarray(y), warn=True)
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise UsageError(
+            raise TrainingLabelsError(
                 f"{self.__class__.__name__} needs at least 2 classes in the training labels; "
-                f"got only {classes.tolist()!r} in {len(y)} rows. Check the split: the training "
+                f"got only one class, {classes.tolist()!r}, in {len(y)} rows. Check the split: the training "
                 "set must hold both COVID-19 and normal images."
             )
         self.classes_ = classes
@@ -78,6 +80,11 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _validate_fit_data(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Check X and y together; set ``n_features_in_`` and ``classes_``; return (X, codes)."""
+        if y is None:
+            raise ValueError(
+                f"{self.__class__.__name__} requires y to be passed, but the target y is None; "
+                "pass one class label per row of X."
+            )
         X = self._validate_X(X, reset=True)
         y_arr = np.asarray(y)
         if y_arr.ndim != 1 and not (y_arr.ndim == 2 and y_arr.shape[1] == 1):
@@ -90,6 +97,9 @@ class Head(ClassifierMixin, BaseEstimator):
                 f"X and y must have the same number of rows; got {X.shape[0]} rows in X and "
                 f"{len(y_arr)} labels in y. Pass the labels of exactly the rows in X."
             )
+        if y_arr.dtype.kind in "fc":
+            assert_all_finite(y_arr, input_name="y")
+        check_classification_targets(y_arr)  # "Unknown label type: continuous" for regression targets
         return X, self._encode_labels(y_arr)
 
     def _codes_of(self, y: Any, what: str = "y") -> np.ndarray:
@@ -116,8 +126,11 @@ class Head(ClassifierMixin, BaseEstimator):
                     f"class_weight must be None, 'balanced' or a dict {{label: weight}}; "
                     f"got {class_weight!r}. Use 'balanced' (what --balance class-weight sets)."
                 )
-            counts = np.bincount(codes, minlength=k)
-            return {i: float(len(codes) / (k * counts[i])) for i in range(k)}
+            present, weights = balanced_class_weights(codes)
+            if len(present) < k:
+                missing = sorted(set(self.classes_.tolist()) - {self.classes_[int(i)] for i in present})
+                raise UsageError(f"class_weight='balanced' needs rows of every class; got none of {missing}.")
+            return {int(c): float(w) for c, w in zip(present, weights)}
         if isinstance(class_weight, dict):
             index = {label: i for i, label in enumerate(self.classes_.tolist())}
             unknown = [label for label in class_weight if label not in index]

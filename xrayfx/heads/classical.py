@@ -58,6 +58,9 @@ class SklearnHead(Head):
         )
         model.fit(X, codes)
         self.model_ = model
+        clf = model.named_steps["clf"]
+        if hasattr(clf, "n_iter_"):
+            self.n_iter_ = clf.n_iter_  # iterations of the solver, as scikit-learn's own estimators report
         self.history_: list[dict[str, Any]] = []
         return self
 

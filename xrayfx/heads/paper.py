@@ -46,6 +46,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from xrayfx.exceptions import UsageError
 from xrayfx.heads.base import Head
+from xrayfx.util import import_keras_quietly
 
 #: Batches run per call into the compiled training graph. It does not change the
 #: result (same updates in the same order) but removes most of Keras' per-step
@@ -64,8 +65,6 @@ EpochData = Callable[[int], tuple[Any, Any]]
 
 def _keras() -> Any:
     """Import Keras only when a paper head is built (it pulls in TensorFlow)."""
-    from xrayfx.util import import_keras_quietly
-
     return import_keras_quietly()
 
 

@@ -34,7 +34,14 @@ from xrayfx.exceptions import IntegrityError, UnsafeModelError, UsageError
 from xrayfx.heads.base import Head
 from xrayfx.heads.classical import KNNHead, LinearSVMHead, LogisticRegressionHead, RBFSVMHead, SklearnHead
 from xrayfx.heads.paper import PaperHead
-from xrayfx.util import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, verify_sha256
+from xrayfx.util import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    import_keras_quietly,
+    sha256_file,
+    verify_sha256,
+)
 
 KERAS_FILE = "head.keras"
 KERAS_META_FILE = "head.json"
@@ -334,8 +341,6 @@ def _forced_safe_mode() -> Any:
 
 def _keras_safe_load(path: Path) -> Any:
     """``keras.saving.load_model(..., safe_mode=True)``, its refusals as :class:`UnsafeModelError`."""
-    from xrayfx.util import import_keras_quietly
-
     keras = import_keras_quietly()
 
     try:

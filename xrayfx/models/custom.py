@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from xrayfx.exceptions import BackboneRefusedError, UsageError
-from xrayfx.registry import IMAGENET_MEAN, IMAGENET_STD, REGISTRY, BackboneSpec
+from xrayfx.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from xrayfx.registry import REGISTRY, BackboneSpec
 from xrayfx.util import atomic_write_json, read_json, sha256_file
 
 ADDED_DIR = "added"  # CACHE/models/added/NAME-<sha12>.onnx: the verbatim copies
@@ -166,18 +167,6 @@ def load_added_spec(name: str, cache_dir: str | Path) -> OnnxBackboneSpec | None
 def list_added(cache_dir: str | Path) -> list[OnnxBackboneSpec]:
     """Specs of every model added to a cache folder, by name."""
     return [spec_from_dict(entry) for _, entry in sorted(_read_registry(cache_dir).items())]
-
-
-def added_weights(spec: OnnxBackboneSpec, weights: str = "imagenet"):
-    """The weights of an added model are its ONNX file: ``--weights`` must stay at its default."""
-    from xrayfx.export import WeightsSource
-
-    if weights != "imagenet":
-        raise UsageError(
-            f"{spec.name} is an added ONNX backbone whose weights are inside its file; got --weights {weights!r}. "
-            "Fix: leave --weights out (or add another ONNX file under a new name)."
-        )
-    return WeightsSource(kind="file", path=f"{ADDED_DIR}/{spec.onnx_file}", sha256=spec.onnx_sha256)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xrayfx.exceptions import IntegrityError, ParityError
-from xrayfx.registry import Preprocessing
+from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.util import atomic_write_json, library_versions, sha256_file, verify_sha256
 
 PARITY_RTOL = 1e-4  # max |wrapped - reference| must stay below PARITY_RTOL * max |reference|

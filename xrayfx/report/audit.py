@@ -32,7 +32,9 @@ import numpy as np
 
 from xrayfx import metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, UsageError
+from xrayfx.images import decode_image, draft_size_for, resize_image
 from xrayfx.report.stats import fast_auroc
+from xrayfx.sources import confounding_warnings
 
 #: Metadata columns the audit breaks metrics down by, when present.
 AUDIT_COLUMNS = ("source", "view", "age_group")
@@ -120,8 +122,6 @@ def confound_warnings(rows: list[dict[str, str]], positive: str) -> list[str]:
     source (or age group) alone gives the label when each value is mapped to its
     commonest class.
     """
-    from xrayfx.sources import confounding_warnings
-
     if len({r.get("label", "") for r in rows}) < 2:
         return []
     out = list(confounding_warnings(rows))
@@ -294,8 +294,6 @@ def masked_images(paths: Sequence[str], prep: Any) -> tuple[np.ndarray, list[int
     Decoding uses the pipeline's JPEG draft size, so the unmasked pixels are the
     ones the run was trained on; the mask is applied before the resize.
     """
-    from xrayfx.images import decode_image, draft_size_for, resize_image
-
     size = draft_size_for(prep)
     batch, kept, problems = [], [], []
     for i, path in enumerate(paths):

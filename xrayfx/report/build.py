@@ -26,11 +26,22 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xrayfx import metrics
-from xrayfx.metrics import DEFAULT_RESAMPLES
+from xrayfx import __version__, metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
+from xrayfx.export import export_model
+from xrayfx.heads.persist import load_head
+from xrayfx.images import load_image
+from xrayfx.metrics import DEFAULT_RESAMPLES
+from xrayfx.modelconfig import ModelConfig
+from xrayfx.pipeline import extract
+from xrayfx.quantize import int8_model_of_run
 from xrayfx.report import audit, external
+from xrayfx.report import figures as figs
+from xrayfx.report import render
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
+from xrayfx.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run
+from xrayfx.runtimes import make_extractor
+from xrayfx.util import read_json, sha256_file
 
 CONFIDENCE = 0.95
 CALIBRATION_BINS = 10
@@ -120,8 +131,6 @@ def read_run(run: str | Path, cache_dir: str | Path = "cache") -> RunData:
     probability column per label, and :class:`DataError` when the run is not a
     two-class run.
     """
-    from xrayfx.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run
-
     loaded = load_run(run, cache_dir)
     path, config = loaded.path, loaded.config
     pred_path = path / PREDICTIONS_FILE
@@ -377,9 +386,6 @@ def _isnan(v: Any) -> bool:
 
 def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tuple[Any, list[str]]:
     """Re-run extraction on the run's manifest (a cache hit); return (ExtractResult or None, notes)."""
-    from xrayfx.export import ModelConfig, export_model
-    from xrayfx.pipeline import extract
-    from xrayfx.quantize import int8_model_of_run
 
     notes: list[str] = []
     model, manifest = run.record.model, run.record.data_path
@@ -387,8 +393,6 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
         return None, [f"the run's data {manifest} no longer exists: source probe not run"]
     recorded = run.record.data_sha256
     if Path(manifest).is_file():
-        from xrayfx.util import sha256_file
-
         if sha256_file(manifest) != recorded:
             notes.append(f"{manifest} changed since the run was trained; only images listed in the run's "
                          "split are used")
@@ -416,10 +420,6 @@ def _run_images(run: RunData, extracted: Any) -> tuple[np.ndarray, list[dict[str
 
 def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Masked-lung ablation of the run's test images, scored by the run's own head(s)."""
-    from xrayfx.export import ModelConfig, export_model
-    from xrayfx.heads.persist import load_head
-    from xrayfx.quantize import int8_model_of_run
-    from xrayfx.runtimes import make_extractor
 
     heads = head_locations(run)
     config = ModelConfig.from_dict(run.model_dict)
@@ -458,7 +458,6 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
 
 
 def _example_pair(path: str, prep: Any, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    from xrayfx.images import load_image
 
     try:
         return load_image(path, prep), masked
@@ -573,8 +572,6 @@ def _default_cache_dir(run: str | Path) -> Path:
     if p.is_dir() and p.resolve().parent.name == "runs":
         return p.resolve().parent.parent
     if (p / "config.json").is_file():
-        from xrayfx.util import read_json
-
         recorded = read_json(p / "config.json").get("cache_dir")
         if isinstance(recorded, str) and Path(recorded).is_dir():
             return Path(recorded)
@@ -633,9 +630,6 @@ def build_report(
     masked-lung ablation. ``n_resamples`` is the number of patient-bootstrap
     resamples behind every AUROC, PR-AUC and F1 interval.
     """
-    from xrayfx.report import figures as figs
-    from xrayfx.report import render
-
     t0 = time.perf_counter()
     log = log or (lambda msg: None)
     runs = list(runs)
@@ -694,7 +688,6 @@ def build_report(
 
 
 def _version() -> str:
-    from xrayfx import __version__
 
     return __version__
 

@@ -15,13 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xrayfx.datasets import MANIFEST_COLUMNS, read_manifest_csv
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.util import atomic_write_text
 
 Row = dict[str, str]
-
-#: The columns every manifest xrayfx writes starts with, in this order.
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "source", "view", "age_group")
 
 #: Age at or above which a patient is an adult.
 ADULT_AGE = 18
@@ -156,16 +154,9 @@ def load_manifest_rows(path: str | Path) -> list[Row]:
             f"expected a manifest CSV at {p}, got no such file; "
             "fix: pass the path of an existing manifest (for example ../shared/data/cxr/manifest.csv)"
         )
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in fields]
-        if missing:
-            raise DataError(
-                f"expected columns 'path' and 'label' in {p}, got {fields}; "
-                "fix: write the manifest with `xrayfx data cohen|kermany|nih` or add the columns"
-            )
-        rows = [dict(r) for r in reader]
+    _columns, rows = read_manifest_csv(
+        p, ("path", "label"), "write the manifest with `xrayfx data cohen|kermany|nih` or add the columns"
+    )
     if not rows:
         raise DataError(f"expected rows in {p}, got only a header; fix: point to a filled manifest")
     base = p.resolve().parent
