@@ -31,7 +31,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 def _register_commands() -> None:
     from xrayfx.cli import core  # noqa: F401  (registers models, export, extract, cache, phantoms, demo)
 
-    for optional in ("data", "train", "report", "bench"):
+    for optional in ("data", "train", "report", "bench", "explain"):
         try:
             module = __import__(f"xrayfx.cli.{optional}", fromlist=["register"])
         except ModuleNotFoundError as exc:

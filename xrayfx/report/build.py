@@ -712,6 +712,7 @@ def build_report(
     cache_dir: str | Path | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     log: Callable[[str], None] | None = None,
+    explain: int = 16,
 ) -> ReportResult:
     """Build the report of one or several runs and write ``report.md``, ``report.html``, ``report.json``.
 
@@ -720,8 +721,10 @@ def build_report(
     for several. ``cache_dir`` defaults to the cache the (first) run folder sits
     in (``<cache>/runs/<id>``), else ``cache``. ``ablation=False`` skips the
     masked-lung ablation. ``n_resamples`` is the number of patient-bootstrap
-    resamples behind every AUROC, PR-AUC and F1 interval.
+    resamples behind every AUROC, PR-AUC and F1 interval. ``explain`` test images
+    per class get occlusion maps (:mod:`xrayfx.report.explain_section`; 0: none).
     """
+    from xrayfx.report import explain_section
     from xrayfx.report import figures as figs
     from xrayfx.report import render
 
@@ -732,6 +735,7 @@ def build_report(
         raise UsageError("Expected at least one run (folder or id); got none. Fix: xrayfx report RUN.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
         raise UsageError(f"Expected n_resamples as an integer >= 100; got {n_resamples!r}.")
+    explain_section.check_explain(explain)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(runs[0])
     loaded = [read_run(r, cache) for r in runs]
     ids = [r.run_id for r in loaded]
@@ -760,6 +764,8 @@ def build_report(
         for fig in figs.run_figures(run, entry, example):
             figures.append(fig)
             entry["figures"].append(fig.name)
+        entry["explain"], explain_figs = explain_section.explain_run(run, cache, explain, log)
+        figures += explain_figs
         entries.append(entry)
     data: dict[str, Any] = {
         "title": "xrayfx report",

@@ -54,7 +54,7 @@ FILLS = ("mean", "blur")
 #: Random draws of the deletion test's baseline.
 DEFAULT_DRAWS = 3
 #: Smallest area difference (top cells vs random cells) that makes a map informative.
-MIN_AUC_MARGIN = 0.01
+MIN_AUC_MARGIN = 0.002
 #: Most copies one extractor call embeds (an 8×8 grid plus the original fits in one call).
 MAX_BATCH = 128
 #: Largest grid accepted (N² occluded copies per image).
