@@ -99,25 +99,23 @@ def mean_maps_figure(panels: Sequence[tuple[str, np.ndarray]], positive: str, la
 
 def overlay_grid_figure(tiles: Sequence[dict[str, Any]], positive: str, label: str, run_id: str,
                         ncols: int = 4) -> Figure:
-    """Overlays of several images (each tile: image, map, p, informative, title) in a grid."""
+    """Overlays of several images (each tile: image, map, p, informative, title), each on its own colour scale."""
     nrows = max(1, -(-len(tiles) // ncols))
-    fig = MplFigure(figsize=(2.4 * ncols, 2.6 * nrows), layout="constrained")
+    fig = MplFigure(figsize=(2.4 * ncols, 2.7 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    lim = _limit(np.stack([t["map"] for t in tiles])) if tiles else 1.0
-    mappable = None
     for ax, tile in zip(axes, tiles):
-        mappable = draw_overlay(ax, tile["image"], tile["map"], lim)
-        ax.set_title(_title(tile.get("title", ""), tile["p"], positive, tile["informative"], tile.get("label")),
-                     fontsize=7, color="black" if tile["informative"] else NOT_INFORMATIVE_COLOUR)
+        lim = _limit(tile["map"])
+        draw_overlay(ax, tile["image"], tile["map"], lim)
+        title = _title(tile.get("title", ""), tile["p"], positive, tile["informative"], tile.get("label"))
+        ax.set_title(f"{title}\nscale ±{lim:.2g}", fontsize=7,
+                     color="black" if tile["informative"] else NOT_INFORMATIVE_COLOUR)
     for ax in axes[len(tiles):]:
         ax.axis("off")
-    if mappable is not None:
-        bar = fig.colorbar(mappable, ax=list(axes), shrink=0.6)
-        bar.set_label(f"drop in p({positive}) when occluded", fontsize=7)
     return Figure(
         name=f"{run_id}-explain-grid.png", title=f"Most and least confident test images — {label}",
-        caption=f"Occlusion maps over the radiographs: the most confident decisions (top rows) and the least "
-        f"confident (bottom rows) among the sampled test images. Red cells lower p({positive}) when occluded; "
-        "dashed: the masked-lung box; titles in red mark maps that fail the deletion test (not informative).",
+        caption=f"Occlusion maps over the radiographs: per predicted class, the most confident decisions (top) "
+        f"and the least confident (bottom) among the sampled test images. Red cells lower p({positive}) when "
+        "occluded, blue cells raise it; each tile has its own colour scale (±, in its title); dashed: the "
+        "masked-lung box; titles in red mark maps that fail the deletion test (not informative).",
         png=_png(fig), run_id=run_id,
     )

@@ -87,6 +87,7 @@ def explain_run(run: Any, cache_dir: Path, k: int, log: Log | None = None) -> tu
         "skipped": [{"path": s, "reason": r} for s, r in res.skipped],
         "by_class": _by_class(res, truth, pred_pos, inside, run),
         "positive_mass": _mass_inside(maps[pred_pos] if len(maps) else maps),
+        "negative_mass": _mass_inside(-maps[~pred_pos] if len(maps) else maps),
         "box": {"width_fraction": MASK_WIDTH_FRACTION, "height_fraction": MASK_HEIGHT_FRACTION, "area": BOX_AREA},
         "images": [{"path": e.path, "label": str(t), "p": e.p, "predicted_positive": e.predicted_positive,
                     "auc_top": e.auc_top, "auc_random": e.auc_random, "informative": e.informative,
@@ -95,7 +96,7 @@ def explain_run(run: Any, cache_dir: Path, k: int, log: Log | None = None) -> tu
     }
     panels = _mean_panels(maps, truth, pred_pos, run)
     data["mean_maps"] = {title: m.tolist() for title, m in panels}
-    data["sentence"] = shortcut_sentence(data, panels, run.positive)
+    data["sentence"] = shortcut_sentence(data, panels, run.positive, run.negative)
     label = run_label({"run": {"backbone": run.backbone, "head": run.head_name}})
     figures = []
     if panels:
@@ -126,7 +127,12 @@ def _by_class(res: Any, truth: np.ndarray, pred_pos: np.ndarray, inside: np.ndar
 
 
 def _mass_inside(maps: np.ndarray) -> dict[str, Any]:
-    """Pooled over maps: share of the positive part (cells that hold p up) inside and outside the lung box."""
+    """Pooled over maps: share of their positive part inside and outside the lung box.
+
+    Called with the maps of the images predicted positive (the cells that hold
+    p(positive) up), and with the negated maps of those predicted negative (the
+    cells that hold it down).
+    """
     from xrayfx.study.explain import box_overlap
 
     if len(maps) == 0:
@@ -151,15 +157,19 @@ def _mean_panels(maps: np.ndarray, truth: np.ndarray, pred_pos: np.ndarray, run:
 
 
 def _grid_tiles(res: Any, truth: np.ndarray, p: np.ndarray, scorer: Any) -> list[dict[str, Any]]:
-    """The most and least confident images (distance of p from the threshold), with their pixels."""
+    """Per predicted class, the most and the least confident images (distance of p from the threshold)."""
     from xrayfx.study.explain import decoded
 
     if not res.items:
         return []
     margin = np.abs(p - res.threshold)
-    order = np.argsort(-margin, kind="stable")
-    n = min(GRID_EACH, len(order) // 2) or 1
-    picks = [(i, "most confident") for i in order[:n]] + [(i, "least confident") for i in order[::-1][:n]]
+    pred_pos = p >= res.threshold
+    each = max(1, GRID_EACH // 2)
+    picks: list[tuple[int, str]] = []
+    for why, sign in (("most confident", -1.0), ("least confident", 1.0)):
+        for cls in (True, False):
+            rows = np.flatnonzero(pred_pos == cls)
+            picks += [(int(i), why) for i in rows[np.argsort(sign * margin[rows], kind="stable")][:each]]
     tiles, seen = [], set()
     for i, why in picks:
         if i in seen:
@@ -202,33 +212,52 @@ def _top_places(mean_map: np.ndarray, n: int = 3) -> str:
     return "; ".join(dict.fromkeys(words))
 
 
-def shortcut_sentence(data: dict[str, Any], panels: Sequence[tuple[str, np.ndarray]], positive: str) -> str:
-    """One sentence: do the maps make a shortcut visible, or can they not?"""
+def _side(mass: dict[str, Any], decision: str) -> str | None:
+    if mass["inside"] is None:
+        return None
+    return (f"{100 * mass['inside']:.0f} % of the {decision} decision's mass lies inside the masked-lung box and "
+            f"{100 * mass['outside']:.0f} % outside ({mass['n_maps']} images)")
+
+
+def shortcut_sentence(data: dict[str, Any], panels: Sequence[tuple[str, np.ndarray]], positive: str,
+                      negative: str = "negative") -> str:
+    """One sentence (or three): do the maps make a shortcut visible, or can they not?
+
+    A decision's mass is "outside" when less of it lies inside the masked-lung
+    box than an evenly spread map would put there (the box's area).
+    """
     s = data["summary"]
     n, n_inf = s["n_images"], s["n_informative"]
     if not n:
         return "No test image could be explained, so the maps cannot show where the decision comes from."
-    mass = data["positive_mass"]
-    pos_panel = next((m for t, m in panels if t.startswith(f"predicted {positive} ")), None)
-    where = f" The cells that hold p({positive}) up most, on average over the images predicted {positive}: " \
-        f"{_top_places(pos_panel)}." if pos_panel is not None and np.max(pos_panel) > 0 else ""
+    where = []
+    for name, sign in ((positive, 1.0), (negative, -1.0)):
+        panel = next((m for t, m in panels if t.startswith(f"predicted {name} ")), None)
+        if panel is not None and np.max(sign * panel) > 0:
+            verb = "hold p({}) up" if sign > 0 else "hold p({}) down"
+            where.append(f"The cells that {verb.format(positive)} most, on average over the images predicted "
+                         f"{name}: {_top_places(sign * panel)}.")
     faith = (f"{n_inf} of {n} maps pass the deletion test (their top cells lower the decided class's score more "
              f"than random cells; mean area {s['auc_top']:.3f} vs {s['auc_random']:.3f})")
+    tail = (" " + " ".join(where)) if where else ""
     if n_inf < n / 2:
         return (f"The maps cannot show the shortcut: only {faith}, so most maps are no evidence either way; a "
                 "decision spread over the whole image (body size, contrast, film) survives the occlusion of any "
-                "single cell." + where)
-    if mass["inside"] is None:
-        return f"{faith[0].upper() + faith[1:]}, but no map holds p({positive}) up anywhere: nothing to locate."
-    share_in, share_out = 100 * mass["inside"], 100 * mass["outside"]
-    if mass["inside"] < BOX_AREA:
-        return (f"The shortcut is visible: {faith[0].lower() + faith[1:]}, and only {share_in:.0f} % of the "
-                f"positive decision's mass lies inside the masked-lung box ({100 * BOX_AREA:.0f} % of the image), "
-                f"{share_out:.0f} % outside it: less inside than an even spread would put there." + where)
-    return (f"{faith[0].upper() + faith[1:]}; {share_in:.0f} % of the positive decision's mass lies inside the "
-            f"masked-lung box ({100 * BOX_AREA:.0f} % of the image) and {share_out:.0f} % outside, so the maps do "
-            "not point outside the lungs; they cannot rule out a shortcut spread over the whole image (body size, "
-            "contrast), which the masked-lung ablation measures." + where)
+                "single cell." + tail)
+    sides = [(_side(data["positive_mass"], positive), data["positive_mass"]),
+             (_side(data["negative_mass"], negative), data["negative_mass"])]
+    sides = [(text, m) for text, m in sides if text]
+    if not sides:
+        return f"{faith[0].upper() + faith[1:]}, but no map moves p anywhere: nothing to locate." + tail
+    facts = "; ".join(text for text, _ in sides)
+    box = f"the box covers {100 * BOX_AREA:.0f} % of the image"
+    outside = [m for _, m in sides if m["inside"] < BOX_AREA]
+    if outside:
+        return (f"The shortcut is visible: {faith}; {facts} ({box}): less inside the lungs than an even spread "
+                "would put there, so the decision leans on what lies outside them." + tail)
+    return (f"{faith[0].upper() + faith[1:]}; {facts} ({box}), so the maps do not point outside the lungs; they "
+            "cannot rule out a shortcut spread over the whole image (body size, contrast), which the masked-lung "
+            "ablation measures." + tail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +306,11 @@ def explain_blocks(data: dict[str, Any], fig_by_name: dict[str, Any]) -> list[tu
                            f"pooled over the {mass['n_maps']} images predicted {e['run']['positive']}): "
                            f"{100 * mass['inside']:.0f} % inside the masked-lung box, {100 * mass['outside']:.0f} % "
                            f"outside (the box covers {100 * BOX_AREA:.0f} % of the image)."))
+        neg = s.get("negative_mass") or {}
+        if neg.get("inside") is not None:
+            b.append(("p", f"Negative decision's mass (cells whose occlusion raises p({e['run']['positive']}), "
+                           f"pooled over the {neg['n_maps']} images predicted {e['run']['negative']}): "
+                           f"{100 * neg['inside']:.0f} % inside the box, {100 * neg['outside']:.0f} % outside."))
         b.append(("table", "Deletion test on the sampled test images", *deletion_table(s)))
         if s["skipped"]:
             b.append(("ul", [f"not explained: {x['path']}: {x['reason']}" for x in s["skipped"][:10]]))
