@@ -172,13 +172,13 @@ def test_cli_explain_refuses_bad_options(marker_run, tmp_path, capsys, args, mes
 
 
 def test_cli_explain_refuses_missing_inputs_and_runs(marker_run, tmp_path, capsys):
-    run, _, _ = marker_run
+    run, _, rows = marker_run
     code, _, stderr = run_cli_inprocess(["explain", "--run", str(run.path), str(tmp_path / "nothing.png")], capsys)
     assert code == 2 and "nothing.png" in stderr
     (tmp_path / "notes.txt").write_text("x")
     code, _, stderr = run_cli_inprocess(["explain", "--run", str(run.path), str(tmp_path / "notes.txt")], capsys)
     assert code == 2 and "Expected an image" in stderr
-    code, _, stderr = run_cli_inprocess(["explain", "--run", str(tmp_path / "no-run"), str(tmp_path / "notes.txt"),
+    code, _, stderr = run_cli_inprocess(["explain", "--run", str(tmp_path / "no-run"), rows[0]["path"],
                                          "--cache-dir", str(tmp_path)], capsys)
     assert code == 2 and "--run" in stderr
 

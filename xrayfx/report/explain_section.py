@@ -283,7 +283,7 @@ def explain_blocks(data: dict[str, Any], fig_by_name: dict[str, Any]) -> list[tu
     from xrayfx.report.figures import run_label
 
     sections = [(e, e.get("explain")) for e in data["runs"]]
-    if not any(s for _, s in sections):
+    if not any(s and s.get("ran") for _, s in sections):
         return []
     b: list[tuple] = [("h", 2, "Where the decision comes from")]
     b.append(("p", "Occlusion maps through the run's own frozen extractor and head, no gradients needed: each "
