@@ -113,6 +113,31 @@ def test_marker_corner_is_the_top_cell_and_the_deletion_curve_beats_random(marke
     assert np.nanmean(share) < 0.42, "the corner lies outside the lung box"
 
 
+def _test_rows(run):
+    with open(run.path / "predictions.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "test"]
+
+
+def test_unoccluded_p_is_the_runs_own_prediction(marker_run, session_cache):
+    run, _, _ = marker_run
+    rows = _test_rows(run)[:3]
+    res = X.explain_images(X.load_run_scorer(run.path, session_cache), [r["path"] for r in rows], grid=2)
+    assert [e.p for e in res.items] == pytest.approx([float(r["p_covid"]) for r in rows], abs=1e-4)
+
+
+def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, session_cache, mobilenet_config):
+    from xrayfx.train import fit_head
+
+    _, data, rows = marker_run
+    run = fit_head(data=data, config=mobilenet_config, cache_dir=session_cache, run_id="explain-marker-int8",
+                   head="logreg", precision="int8", progress=False, log=None)
+    scorer = X.load_run_scorer(run.path, session_cache)
+    assert scorer.precision == "int8" and "int8" in scorer.extractor.path.name
+    test = _test_rows(run)[:2]
+    res = X.explain_images(scorer, [r["path"] for r in test], grid=2)
+    assert [e.p for e in res.items] == pytest.approx([float(r["p_covid"]) for r in test], abs=1e-4)
+
+
 def test_the_cache_gets_no_rows_from_occluded_copies(marker_run, session_cache):
     from xrayfx.pipeline import open_cache
     from xrayfx.export import export_model
