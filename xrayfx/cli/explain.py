@@ -18,7 +18,7 @@ def _log(message: str) -> None:
 
 
 def collect_image_paths(inputs: Sequence[str | Path], max_images: int | None) -> list[Path]:
-    """Image files, folders (searched recursively) and CSV manifests → image paths, in order, at most ``max_images``."""
+    """Images, folders (searched recursively) and CSV manifests → image paths, in order, at most ``max_images``."""
     from xrayfx.datasets import load_dataset
     from xrayfx.exceptions import DataError, UsageError
     from xrayfx.images import is_image_path
