@@ -48,7 +48,7 @@ def draw_overlay(ax: Any, image: np.ndarray, cell_map: np.ndarray, limit: float 
 def _title(name: str, p: float, positive: str, informative: bool, label: str | None = None) -> str:
     head = f"{name}\n" if name else ""
     truth = f"true {label}, " if label else ""
-    return f"{head}{truth}p({positive}) = {p:.4f}" + ("" if informative else " — NOT INFORMATIVE")
+    return f"{head}{truth}p({positive}) = {p:.4f}" + ("" if informative else "\nNOT INFORMATIVE")
 
 
 def overlay_png(image: np.ndarray, cell_map: np.ndarray, p: float, positive: str, informative: bool,
@@ -101,7 +101,7 @@ def overlay_grid_figure(tiles: Sequence[dict[str, Any]], positive: str, label: s
                         ncols: int = 4) -> Figure:
     """Overlays of several images (each tile: image, map, p, informative, title), each on its own colour scale."""
     nrows = max(1, -(-len(tiles) // ncols))
-    fig = MplFigure(figsize=(2.4 * ncols, 2.7 * nrows), layout="constrained")
+    fig = MplFigure(figsize=(2.6 * ncols, 3.0 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, tile in zip(axes, tiles):
         lim = _limit(tile["map"])
