@@ -230,3 +230,8 @@ def test_report_has_the_section_where_the_decision_comes_from(marker_run, sessio
     assert "Where the decision comes from" not in off.markdown.read_text()
     with pytest.raises(UsageError, match="--explain"):
         build_report([run.path], out=tmp_path / "rep1", cache_dir=session_cache, explain=-1)
+
+
+def test_cli_explain_help_has_an_example(capsys):
+    code, out, _ = run_cli_inprocess(["explain", "--help"], capsys)
+    assert code == 0 and "Example:" in out and "xrayfx explain --run" in out and "--grid" in out
