@@ -299,7 +299,7 @@ def _strict_json(path: Path):
 def test_report_of_two_real_runs_writes_every_file_figure_and_table(runs, session_cache):
     from xrayfx.report import build_report
 
-    result = build_report([runs["logreg"], runs["paper"]], cache_dir=session_cache, n_resamples=2000)
+    result = build_report([runs["logreg"], runs["paper"]], cache_dir=session_cache, n_resamples=2000, explain=2)
     # default out for several runs: <cache>/reports/<timestamp>/
     assert result.out.parent == session_cache / "reports"
     for p in (result.markdown, result.html, result.json):
@@ -316,6 +316,7 @@ def test_report_of_two_real_runs_writes_every_file_figure_and_table(runs, sessio
             assert f"{rid}-{kind}.png" in names
     assert "report-test-paper-history.png" in names and "report-test-logreg-history.png" not in names
     assert "comparison.png" in names
+    assert "report-test-logreg-explain-mean.png" in names and "report-test-paper-explain-grid.png" in names
     for src in page.imgs:
         img = _decode_png(src)
         assert img.shape[0] > 50 and len(np.unique(img.reshape(-1, 3), axis=0)) > 1, "flat image"
@@ -343,7 +344,7 @@ def test_report_numbers_match_the_predictions_file(runs, session_cache):
     from xrayfx.metrics import argmax_confusion
     from xrayfx.report import build_report
 
-    result = build_report([runs["logreg"]], ablation=False, n_resamples=500)
+    result = build_report([runs["logreg"]], ablation=False, n_resamples=500, explain=0)
     assert result.out == runs["logreg"] / "report"  # default out for one run; cache found from the path
     with open(runs["logreg"] / "predictions.csv") as f:
         test = [r for r in csv.DictReader(f) if r["split"] == "test"]
@@ -427,7 +428,8 @@ def test_source_probe_leaves_out_sources_with_too_few_patients():
 
 def test_cli_report_prints_table2_and_writes_the_files(runs, tmp_path):
     out = tmp_path / "rep"
-    proc = run_cli("report", str(runs["logreg"]), "--out", str(out), "--no-ablation", "--resamples", "300")
+    proc = run_cli("report", str(runs["logreg"]), "--out", str(out), "--no-ablation", "--resamples", "300",
+                   "--explain", "0")
     assert proc.returncode == 0, proc.stderr
     assert "Table 2" in proc.stdout and "not reported" in proc.stdout and "AUROC" in proc.stdout
     assert "AUDIT:" in proc.stdout

@@ -33,7 +33,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 #: The modules under xrayfx/cli/ that define commands, in the order of ``xrayfx --help``; each has ``register(app)``.
-COMMAND_MODULES = ("core", "models", "cache_verify", "data", "train", "evaluate", "report", "bench")
+COMMAND_MODULES = ("core", "models", "cache_verify", "data", "train", "evaluate", "explain", "report", "bench")
 _registered = False
 
 

@@ -34,6 +34,10 @@ def report_cmd(
         int, typer.Option("--resamples", help="Patient-bootstrap resamples behind each AUROC, PR-AUC and F1 "
                           "interval (at least 100).")
     ] = 2000,
+    explain: Annotated[
+        int, typer.Option("--explain", help="Test images per class given occlusion maps in the section 'Where the "
+                          "decision comes from' (seeded sample; 0 turns it off).")
+    ] = 16,
 ) -> None:
     """Write report.md, a self-contained report.html and report.json for one run or several.
 
@@ -53,7 +57,8 @@ def report_cmd(
     def log(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
 
-    result = build_report(runs, out=out, ablation=ablation, cache_dir=cache_dir, n_resamples=resamples, log=log)
+    result = build_report(runs, out=out, ablation=ablation, cache_dir=cache_dir, n_resamples=resamples, log=log,
+                          explain=explain)
     data = result.data
     headers, rows = terminal_table2(data)
     table = Table(title="Table 2 — test images, argmax decision: ours (95 % interval); the paper's value, "

@@ -35,7 +35,7 @@ from xrayfx.metrics import DEFAULT_RESAMPLES
 from xrayfx.modelconfig import ModelConfig
 from xrayfx.pipeline import extract
 from xrayfx.quantize import int8_model_of_run
-from xrayfx.report import audit, external
+from xrayfx.report import audit, explain_section, external
 from xrayfx.report import figures as figs
 from xrayfx.report import render
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
@@ -620,6 +620,7 @@ def build_report(
     cache_dir: str | Path | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     log: Callable[[str], None] | None = None,
+    explain: int = 16,
 ) -> ReportResult:
     """Build the report of one or several runs and write ``report.md``, ``report.html``, ``report.json``.
 
@@ -628,7 +629,8 @@ def build_report(
     for several. ``cache_dir`` defaults to the cache the (first) run folder sits
     in (``<cache>/runs/<id>``), else ``cache``. ``ablation=False`` skips the
     masked-lung ablation. ``n_resamples`` is the number of patient-bootstrap
-    resamples behind every AUROC, PR-AUC and F1 interval.
+    resamples behind every AUROC, PR-AUC and F1 interval. ``explain`` test images
+    per class get occlusion maps (:mod:`xrayfx.report.explain_section`; 0: none).
     """
     t0 = time.perf_counter()
     log = log or (lambda msg: None)
@@ -637,6 +639,7 @@ def build_report(
         raise UsageError("Expected at least one run (folder or id); got none. Fix: xrayfx report RUN.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
         raise UsageError(f"Expected n_resamples as an integer >= 100; got {n_resamples!r}.")
+    explain_section.check_explain(explain)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(runs[0])
     loaded = [read_run(r, cache) for r in runs]
     ids = [r.run_id for r in loaded]
@@ -666,6 +669,8 @@ def build_report(
         for fig in figs.run_figures(run, entry, example):
             figures.append(fig)
             entry["figures"].append(fig.name)
+        entry["explain"], explain_figs = explain_section.explain_run(run, cache, explain, log)
+        figures += explain_figs
         entries.append(entry)
     data: dict[str, Any] = {
         "title": "xrayfx report",

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xrayfx.report import external
+from xrayfx.report.explain_section import explain_blocks
 from xrayfx.report.figures import Figure, run_label
 from xrayfx.report.operating import operating_table, youden_table
 from xrayfx.util import atomic_write_bytes, atomic_write_text
@@ -413,6 +414,8 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
             b.append(("p", f"Masked-lung ablation: {abl.get('reason', 'not run')}."))
         if a["notes"]:
             b.append(("ul", a["notes"]))
+
+    b += explain_blocks(data, fig_by_name)
 
     b.append(("h", 2, "Figures"))
     for e in data["runs"]:

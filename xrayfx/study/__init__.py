@@ -1,1 +1,1 @@
-"""The study layer: splits, parts, runs and their record, the decision rule, fitting, predicting, evaluating."""
+"""The study layer: splits, parts, balancing, heads, runs and their record, the decision rule, fitting, predicting, evaluating, explaining."""
