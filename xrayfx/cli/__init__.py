@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from xrayfx.cli.faults import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, install_sigterm_handler,  # noqa: E402
+                               interrupted_line, os_error_line)
 from xrayfx.exceptions import XrayfxError  # noqa: E402
 
 app = typer.Typer(
@@ -42,18 +44,46 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: runs the app and maps xrayfx errors to exit codes."""
-    _register_commands()
+    """Entry point of the console script: runs the app and maps errors and signals to exit codes.
+
+    0 success; 1 a failed run; 2 bad arguments or input; 130 Ctrl-C; 143 SIGTERM.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    install_sigterm_handler()
     try:
-        app(args=argv, standalone_mode=False)
+        _register_commands()
+        code = app(args=args, standalone_mode=False)
+    except KeyboardInterrupt:
+        code = EXIT_SIGINT
+    except Terminated:
+        _error_line(interrupted_line(args, "terminated"))
+        sys.exit(EXIT_SIGTERM)
     except XrayfxError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error_line(f"error: {exc}", bold="error:")
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("Aborted.")
-        sys.exit(130)
+        sys.exit(EXIT_SIGINT)
     except typer.BadParameter.__mro__[2] as exc:  # click's ClickException (vendored by typer 0.29)
         exc.show()
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        _error_line(f"error: {os_error_line(exc)}", bold="error:")
+        sys.exit(1)
+    if code == EXIT_SIGINT:  # typer turns Ctrl-C into a returned 130 when standalone_mode is off
+        _error_line(interrupted_line(args))
+        sys.exit(EXIT_SIGINT)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _error_line(text: str, bold: str = "") -> None:
+    """Print one line on standard error literally (user text is never read as markup)."""
+    from rich.text import Text
+
+    line = Text(text)
+    if bold and text.startswith(bold):
+        line.stylize("bold red", 0, len(bold))
+    err_console.print(line, highlight=False, soft_wrap=True)
