@@ -26,8 +26,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Piped or logged output gets a wide console, so tables and paths are not folded at 80 columns.
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-console = Console(width=None if sys.stdout.isatty() else 200)
+# markup=False: paths, labels, ids and sources are user text and print literally ("export[v2]/x.csv",
+# "[/]"); the few styled words are built as rich Text (see ``styled``), never as markup strings.
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+
+
+def styled(prefix: str, style: str, rest: str = ""):
+    """``prefix`` in ``style`` followed by ``rest``, as a rich Text: nothing in either is read as markup."""
+    from rich.text import Text
+
+    return Text.assemble((prefix, style), rest)
 
 
 def _register_commands() -> None:
@@ -81,9 +90,5 @@ def main(argv: list[str] | None = None) -> None:
 
 def _error_line(text: str, bold: str = "") -> None:
     """Print one line on standard error literally (user text is never read as markup)."""
-    from rich.text import Text
-
-    line = Text(text)
-    if bold and text.startswith(bold):
-        line.stylize("bold red", 0, len(bold))
+    line = styled(bold, "bold red", text[len(bold):]) if bold and text.startswith(bold) else styled(text, "")
     err_console.print(line, highlight=False, soft_wrap=True)

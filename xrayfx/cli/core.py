@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli import app, console, err_console
+from xrayfx.cli import app, console, err_console, styled
 from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
 
 
-def _log(message: str) -> None:
-    err_console.print(message, highlight=False, soft_wrap=True)
+def _log(message) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def _version_callback(value: bool) -> None:
@@ -100,10 +100,11 @@ def export_cmd(
 
 def _warn_random(config) -> None:
     if config.weights.is_random:
-        _log(
-            f"[bold yellow]warning:[/] {config.spec.name} uses {config.weights.describe()}: its features carry no "
-            "ImageNet knowledge; use them for plumbing, never for conclusions."
-        )
+        _log(styled(
+            "warning:", "bold yellow",
+            f" {config.spec.name} uses {config.weights.describe()}: its features carry no "
+            "ImageNet knowledge; use them for plumbing, never for conclusions.",
+        ))
 
 
 @app.command("extract")
@@ -242,6 +243,7 @@ def demo_cmd(
         out=out, model=model or DEFAULT_MODEL, data=data, weights=weights or DEFAULT_WEIGHTS, seed=seed, log=_log,
         n_phantoms=n, ablation=ablation,
     )
-    console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
+    console.print()
+    console.print(styled(f"demo results in {result.out}", "bold"), highlight=False, soft_wrap=True)
     for line in result.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)

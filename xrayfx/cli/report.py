@@ -51,7 +51,7 @@ def report_cmd(
     from xrayfx.report.render import terminal_table2, with_ci
 
     def log(message: str) -> None:
-        err_console.print(message, highlight=False, soft_wrap=True)
+        err_console.print(message, highlight=False, soft_wrap=True, markup=False)
 
     result = build_report(runs, out=out, ablation=ablation, cache_dir=cache_dir, n_resamples=resamples, log=log)
     data = result.data
