@@ -52,3 +52,26 @@ def test_error_messages_print_user_text_literally(tmp_path, capsys):
     assert code == 2
     assert str(missing) in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ["extract", "--model", "mobilenet", "--data", ""],
+    ["extract", "--model", "mobilenet", "--data="],
+    ["extract", "--model", "mobilenet", "--data", "x.csv", "--cache-dir", ""],
+    ["predict", "", "--run", "r"],
+    ["data", "paper", "--manifest", "", "-o", "p.csv"],
+])
+def test_empty_paths_are_refused_with_exit_2(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli_inprocess(args, capsys)
+    assert code == 2, (out, err)
+    assert "empty" in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_library_refuses_an_empty_data_path():
+    from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import DataError
+
+    with pytest.raises(DataError, match="empty path"):
+        load_dataset("")

@@ -70,6 +70,9 @@ class Dataset:
 
 def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
     """Read a class-folder tree or a CSV manifest, and hash every readable file."""
+    if not str(path).strip():
+        raise DataError("expected a data folder or CSV manifest, got an empty path; give the path "
+                        "(write . for the current folder)")
     path = Path(path)
     if not path.exists():
         raise DataError(

@@ -14,7 +14,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from xrayfx.cli.faults import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, install_sigterm_handler,  # noqa: E402
-                               interrupted_line, os_error_line)
+                               interrupted_line, os_error_line, refuse_empty_values)
 from xrayfx.exceptions import XrayfxError  # noqa: E402
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     install_sigterm_handler()
     try:
         _register_commands()
+        refuse_empty_values(args)
         code = app(args=args, standalone_mode=False)
     except KeyboardInterrupt:
         code = EXIT_SIGINT

@@ -50,6 +50,24 @@ def interrupted_line(argv: list[str], what: str = "interrupted") -> str:
     return what
 
 
+def refuse_empty_values(argv: list[str]) -> None:
+    """Raise UsageError (exit 2) for an empty argument: ``--data ''`` would otherwise mean the current folder."""
+    from xrayfx.exceptions import UsageError
+
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            option = arg[:-1]
+        elif arg == "":
+            option = argv[i - 1] if i > 0 and argv[i - 1].startswith("-") else ""
+        else:
+            continue
+        where = f"after {option}" if option else f"as argument {i + 1}"
+        raise UsageError(
+            f"expected a value {where}, got an empty string; an empty path would silently mean the current "
+            "folder. Fix: give the path (write . for the current folder)"
+        )
+
+
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError that reached the command line: what failed, and the fix."""
     where = f" ({exc.filename})" if exc.filename else ""
