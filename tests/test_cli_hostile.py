@@ -75,3 +75,62 @@ def test_library_refuses_an_empty_data_path():
 
     with pytest.raises(DataError, match="empty path"):
         load_dataset("")
+
+
+def test_run_under_another_cache_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    other = tmp_path / "other-cache" / "runs"
+    (other / "good-run").mkdir(parents=True)
+    (other / "good-run" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli_inprocess(["predict", "x.png", "--run", str(other / "typo-run")], capsys)
+    assert code == 2
+    assert "no runs under cache/runs" not in err.replace("\n", " ")
+    assert str(other / "typo-run" / "config.json") in err
+    assert "good-run" in err and f"--cache-dir {other.parent}" in err
+
+
+def test_resamples_message_names_the_option():
+    from xrayfx.exceptions import UsageError
+    from xrayfx.report import build_report
+
+    with pytest.raises(UsageError, match="--resamples") as info:
+        build_report(["r"], n_resamples=5)
+    assert not str(info.value).startswith("Expected n_resamples")
+
+
+def test_header_only_manifest_says_it_has_no_rows(tmp_path):
+    from xrayfx.datasets import load_dataset
+    from xrayfx.exceptions import DataError
+
+    (tmp_path / "m.csv").write_text("path,label\n")
+    with pytest.raises(DataError) as info:
+        load_dataset(tmp_path / "m.csv")
+    assert "no rows" in str(info.value) and "subfolders" not in str(info.value)
+
+
+def test_missing_label_column_is_named_not_reported_as_blank_labels(tmp_path, shared_rows, capsys):
+    rows = [{"path": r["path"], "patient_id": r["patient_id"]} for r in absolute_rows(shared_rows[:4])]
+    manifest = write_manifest(tmp_path / "nolabel.csv", rows)
+    code, _, err = run_cli_inprocess(["fit-head", "--model", "mobilenet", "--weights", str(MOBILENET_WEIGHTS),
+                                      "--data", str(manifest),
+                                      "--cache-dir", str(tmp_path / "c"), "--head", "logreg"], capsys)
+    assert code == 2
+    assert "'label' column" in err and "path, patient_id" in err and "blank" not in err
+
+
+def test_edited_run_config_is_not_blamed_on_the_registry(mobilenet_config):
+    from xrayfx.exceptions import IntegrityError
+    from xrayfx.export import ModelConfig
+
+    recorded = mobilenet_config.to_dict()
+    recorded["preprocessing"] = {**recorded["preprocessing"], "resize": "crop"}
+    with pytest.raises(IntegrityError) as info:
+        ModelConfig.from_dict(recorded, source="run config r/config.json")
+    msg = str(info.value)
+    assert "r/config.json" in msg and "edited" in msg and "registry spec" not in msg
+
+    recorded = mobilenet_config.to_dict()
+    recorded["spec"] = {**recorded["spec"], "embedding_size": 1}
+    recorded["fingerprint"] = "0" * 64
+    with pytest.raises(IntegrityError, match="registry spec"):
+        ModelConfig.from_dict(recorded)

@@ -67,6 +67,14 @@ class Dataset:
     def has_column(self, column: str) -> bool:
         return column == "label" or column in self.columns
 
+    def require_labels(self) -> None:
+        """Raise DataError naming the columns when a manifest has no ``label`` column at all."""
+        if self.kind == "manifest" and "label" not in self.columns:
+            raise DataError(
+                f"Expected a 'label' column in manifest {self.source}; it has none (its columns: "
+                f"{', '.join(self.columns)}). Fix: add a label column (e.g. covid / normal) to the manifest."
+            )
+
 
 def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
     """Read a class-folder tree or a CSV manifest, and hash every readable file."""
@@ -85,6 +93,9 @@ def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
         dataset = _read_manifest(path)
     else:
         raise DataError(f"data path {path} is neither a folder nor a .csv manifest")
+    if not dataset.records and dataset.kind == "manifest":
+        raise DataError(f"manifest {path} has a header ({', '.join(dataset.columns)}) but no rows; "
+                        "expected one row per image (path,label,...). Fix: fill it, or pass another manifest")
     if not dataset.records:
         raise DataError(f"{path} lists no images; expected class subfolders holding PNG/JPEG/DICOM files")
     _hash_records(dataset.records, hash_workers)

@@ -106,8 +106,11 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Rebuild a config recorded by :meth:`to_dict` (the fingerprint is re-derived and checked)."""
+    def from_dict(cls, d: dict[str, Any], source: str = "the record") -> "ModelConfig":
+        """Rebuild a config recorded by :meth:`to_dict` (the fingerprint is re-derived and checked).
+
+        ``source`` names where ``d`` was read (e.g. a run's config.json) for the error message.
+        """
         spec = get_spec(d["backbone"])
         w = d["weights"]
         p = d["preprocessing"]
@@ -119,11 +122,21 @@ class ModelConfig:
             ),
         )
         if config.fingerprint != d["fingerprint"]:
-            raise exceptions.IntegrityError(
-                f"recorded fingerprint {d['fingerprint'][:12]} of {spec.name} does not match its settings "
-                f"({config.fingerprint[:12]}); the registry spec changed since it was recorded. Re-extract."
-            )
+            raise exceptions.IntegrityError(_fingerprint_mismatch(d, spec, config.fingerprint, source))
         return config
+
+
+def _fingerprint_mismatch(d: dict[str, Any], spec: BackboneSpec, derived: str, source: str) -> str:
+    """Why a recorded model configuration does not match its fingerprint: an edit, or a changed registry."""
+    head = (f"{source} records fingerprint {str(d['fingerprint'])[:12]} for {spec.name}, but its settings give "
+            f"{derived[:12]}")
+    import json
+
+    if d.get("spec") not in (None, json.loads(json.dumps(spec.to_dict(), default=str))):
+        return (f"{head}: the registry spec of {spec.name} changed since it was recorded. "
+                "Fix: re-extract and retrain with this version of xrayfx")
+    return (f"{head}: its model settings (weights or preprocessing) were edited after it was written, so it no "
+            "longer matches what was trained. Fix: restore the original file, or rerun the command that wrote it")
 
 
 @dataclass(frozen=True)

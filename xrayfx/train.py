@@ -554,6 +554,7 @@ def fit_head(
 
     t_start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset.require_labels()
     extracted = extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
         batch_size=batch_size, workers=workers, progress=progress, log=log,
@@ -926,7 +927,7 @@ def predict(
     loaded = load_run(run_path, cache_dir or "cache")
     cfg = loaded.config
     data_cache = Path(cache_dir) if cache_dir is not None else _cache_dir_of(run_path)
-    model = ModelConfig.from_dict(cfg["model"])
+    model = ModelConfig.from_dict(cfg["model"], source=f"run config {run_path / 'config.json'}")
     labels = list(cfg["labels"])
     if any(h["record"].get("kind") == "paper" for h in cfg["head"]["heads"]):
         from xrayfx.util import import_keras_quietly

@@ -480,7 +480,7 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
                          "split are used")
     runtime = str(run.config.get("runtime") or "onnxruntime")
     precision = str(run.config.get("precision") or "fp32")
-    config = ModelConfig.from_dict(model)
+    config = ModelConfig.from_dict(model, source=f"run config {run.path / 'config.json'}")
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
                      progress=False)
@@ -510,7 +510,7 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
     heads = head_locations(run)
     if model is None or not heads:
         return {"ran": False, "reason": "the run records no model configuration or head: ablation not run"}
-    config = ModelConfig.from_dict(model)
+    config = ModelConfig.from_dict(model, source=f"run config {run.path / 'config.json'}")
     exported = export_model(config, cache_dir)
     runtime = str(run.config.get("runtime") or "onnxruntime")
     precision = str(run.config.get("precision") or "fp32")
@@ -731,7 +731,8 @@ def build_report(
     if not runs:
         raise UsageError("Expected at least one run (folder or id); got none. Fix: xrayfx report RUN.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise UsageError(f"Expected n_resamples as an integer >= 100; got {n_resamples!r}.")
+        raise UsageError(f"Expected --resamples (n_resamples) as an integer of at least 100; got {n_resamples!r}. "
+                         "Fix: --resamples 2000 (the default), or at least 100.")
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(runs[0])
     loaded = [read_run(r, cache) for r in runs]
     ids = [r.run_id for r in loaded]
