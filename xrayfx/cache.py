@@ -54,13 +54,13 @@ class LockInfo:
 class EmbeddingCache:
     """Embeddings of one model configuration, keyed by image content hash."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         import zarr
 
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise CacheError(f"{self.path} is not an xrayfx cache group (no zarr.json)")
-        self.group = zarr.open_group(store=str(self.path), mode="r+")
+        self.group = zarr.open_group(store=str(self.path), mode="r" if read_only else "r+")
         self.embeddings = self.group["embeddings"]
         self.ids = self.group["ids"]
         self.done = self.group["done"]

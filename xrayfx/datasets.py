@@ -6,7 +6,6 @@ paths with the same bytes share one cache row, and the duplicate is reported.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
+from xrayfx.csvsafe import dict_rows, read_manifest_text
 from xrayfx.exceptions import DataError
 from xrayfx.util import sha256_file
 
@@ -121,12 +121,9 @@ def _read_folder(root: Path) -> Dataset:
 
 
 def _read_manifest(manifest: Path) -> Dataset:
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        if "path" not in columns:
-            raise DataError(f"manifest {manifest} has columns {columns}; expected at least 'path' (and 'label')")
-        rows = list(reader)
+    columns, rows = dict_rows(read_manifest_text(manifest))
+    if "path" not in columns:
+        raise DataError(f"manifest {manifest} has columns {columns}; expected at least 'path' (and 'label')")
     base = manifest.parent
     records = []
     for line, row in enumerate(rows, start=2):

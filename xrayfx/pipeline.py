@@ -7,12 +7,11 @@ interrupted run keeps everything it finished and a rerun computes only the rest.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,12 +19,14 @@ from typing import Callable, Iterator
 import numpy as np
 
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
+from xrayfx.csvsafe import write_csv
+from xrayfx.storage import (ReadOnlyCacheError, check_cache_dir, disk_full_error, is_disk_full, is_writable,
+                            require_writable_cache)
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
 from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
-from xrayfx.util import atomic_write_text
 
 
 @dataclass
@@ -124,6 +125,7 @@ def extract(
     config: ModelConfig | None = None,
     scheduler: str | None = None,
     calibration: str | Path | None = None,
+    read_only_ok: bool = False,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
@@ -135,7 +137,13 @@ def extract(
     ``precision="int8"`` runs a static int8 variant calibrated on ``calibration``
     (a folder or manifest; see :func:`xrayfx.quantize.ensure_int8` for the default);
     its cache group is tagged with the calibration set's hash.
+    ``read_only_ok`` (predict, report): on a read-only cache, read what is cached and compute
+    the rest in memory without caching it; otherwise a read-only cache is an error before any work.
     """
+    cache_dir = check_cache_dir(cache_dir)
+    read_only = not is_writable(cache_dir)
+    if read_only and not read_only_ok:
+        require_writable_cache(cache_dir)
     _check_options(batch_size, workers, runtime, precision)
     check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
     if scheduler:
@@ -144,25 +152,31 @@ def extract(
         parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize)
-    exported = export_model(config, cache_dir, log=log)
+    exported = _registered_export(config, cache_dir) if read_only else export_model(config, cache_dir, log=log)
     model_path, cache_precision = None, precision
     if precision == "int8":
         from xrayfx.quantize import ensure_int8
 
         variant = ensure_int8(exported, calibration=calibration, data=dataset, log=log)
         model_path, cache_precision = variant.path, variant.cache_precision
-    cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
+    if read_only:
+        cache = MemoryRows(_existing_group(cache_dir, cache_group_for(config, runtime, cache_precision)),
+                           config.spec.embedding_size, chunk_rows)
+    else:
+        cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
 
     skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
     t0 = time.perf_counter()
     n_new = 0
     providers: list[str] = []
-    with cache.locked():
+    with nullcontext() if read_only else cache.locked():  # readers of a read-only cache need no lock
         first_of: dict[str, ImageRecord] = {}
         for r in dataset.ok:
             first_of.setdefault(r.image_id, r)
         todo = [first_of[i] for i in cache.missing(list(first_of))]
-        if todo and scheduler:
+        if todo and read_only and log:
+            log(f"cache {cache_dir} is read-only: {len(todo)} image(s) not in it are embedded in memory, not cached")
+        if todo and scheduler and not read_only:
             from xrayfx.distributed import extract_missing_distributed
 
             new_skips, n_new = extract_missing_distributed(
@@ -200,7 +214,7 @@ def extract(
         seconds=seconds,
         providers=providers,
     )
-    if skipped:
+    if skipped and not read_only:
         result.skipped_file = write_skipped(skipped, Path(cache_dir) / "logs")
     if log:
         log(result.summary())
@@ -210,6 +224,61 @@ def extract(
             f"first: {skipped[0].path}: {skipped[0].reason}. Everything else is cached."
         )
     return result
+
+
+def _registered_export(config: ModelConfig, cache_dir: Path) -> ExportedModel:
+    """The export of a read-only cache; it cannot be made there."""
+    from xrayfx.export import load_exported
+
+    exported = load_exported(config, cache_dir)
+    if exported is None:
+        raise ReadOnlyCacheError(
+            f"cache {cache_dir} is read-only and holds no export of {config.spec.name} ({config.stem}): it cannot "
+            "be exported there. Fix: export it into a writable cache first, or pass a writable --cache-dir"
+        )
+    return exported
+
+
+def _existing_group(cache_dir: Path, name: str) -> EmbeddingCache | None:
+    path = cache_dir / "embeddings" / name
+    return EmbeddingCache(path, read_only=True) if (path / "zarr.json").is_file() else None
+
+
+class MemoryRows:
+    """Embeddings computed for a read-only cache: kept in memory, over the rows the cache already has.
+
+    It offers what extraction writes to and reads from (``missing``, ``allocate_chunks``,
+    ``write_chunk``, ``read``, ``path``), so the same code embeds into it.
+    """
+
+    def __init__(self, cache: EmbeddingCache | None, dim: int, chunk_rows: int):
+        self.cache = cache
+        self.dim = dim
+        self.chunk_rows = cache.chunk_rows if cache is not None else chunk_rows
+        self.path = cache.path if cache is not None else Path("(memory)")
+        self.rows: dict[str, np.ndarray] = {}
+
+    def missing(self, image_ids: list[str]) -> list[str]:
+        """Ids neither in the cache nor computed yet."""
+        todo = self.cache.missing(image_ids) if self.cache is not None else list(dict.fromkeys(image_ids))
+        return [i for i in todo if i not in self.rows]
+
+    def allocate_chunks(self, n_chunks: int) -> list[int]:
+        return list(range(n_chunks))
+
+    def write_chunk(self, chunk: int, image_ids: list[str], embeddings: np.ndarray) -> None:
+        self.rows.update(zip(image_ids, np.asarray(embeddings, dtype=np.float32)))
+
+    def read(self, image_ids: list[str]) -> np.ndarray:
+        """Embeddings in the order asked, from memory where computed here, else from the cache."""
+        out = np.zeros((len(image_ids), self.dim), dtype=np.float32)
+        cached = [k for k, i in enumerate(image_ids) if i not in self.rows]
+        for k, i in enumerate(image_ids):
+            if i in self.rows:
+                out[k] = self.rows[i]
+        if cached:
+            out[cached] = self.cache.read([image_ids[k] for k in cached])
+        return out
 
 
 def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
@@ -279,17 +348,22 @@ def _extract_missing(
 
     with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
         stream = decoded_stream(todo, lambda p: load_image(p, prep), workers, lookahead=max(2 * cache.chunk_rows, 8))
-        for record, image, reason in stream:
-            if image is None:
-                skips.append(Skip(str(record.path), reason or "", record.image_id or ""))
-            else:
-                buf_ids.append(record.image_id)
-                buf_imgs.append(image)
-                if len(buf_ids) == cache.chunk_rows:
-                    flush()
-            bar.advance(1)
-        if buf_ids:
-            flush()
+        try:
+            for record, image, reason in stream:
+                if image is None:
+                    skips.append(Skip(str(record.path), reason or "", record.image_id or ""))
+                else:
+                    buf_ids.append(record.image_id)
+                    buf_imgs.append(image)
+                    if len(buf_ids) == cache.chunk_rows:
+                        flush()
+                bar.advance(1)
+            if buf_ids:
+                flush()
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(written, cache.path) from None
+            raise
     return skips, written
 
 
@@ -300,10 +374,5 @@ def write_skipped(skipped: list[Skip], logs_dir: Path) -> Path:
     while folder.exists():
         n += 1
         folder = logs_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "image_id", "reason"])
-    for s in skipped:
-        w.writerow([s.path, s.image_id, s.reason])
-    atomic_write_text(folder / "skipped.csv", buf.getvalue())
-    return folder / "skipped.csv"
+    return write_csv(folder / "skipped.csv", ["path", "image_id", "reason"],
+                     ([s.path, s.image_id, s.reason] for s in skipped))

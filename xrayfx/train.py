@@ -269,7 +269,7 @@ def _data_record(dataset: Dataset) -> dict[str, Any]:
 
     listing = "\n".join(f"{rel(r.path)},{r.label or ''},{r.image_id or ''}" for r in dataset.records)
     return {
-        "kind": dataset.kind, "path": str(source), "sha256": sha256_bytes(listing.encode()),
+        "kind": dataset.kind, "path": str(source), "sha256": sha256_bytes(listing.encode("utf-8", "surrogateescape")),
         "sha256_of": "lines 'relative path,label,image id' of every file, in listing order",
     }
 
@@ -659,17 +659,18 @@ def _write_kfold_history(writer: RunWriter, results: list[_FoldResult]) -> None:
 
 
 def _predictions_csv(rows: _Rows, sp: Split, results: list[_FoldResult], opts: _Options) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "path", *PREDICTION_META, "label", *(f"p_{c}" for c in opts.labels), "split", "fold"])
+    from xrayfx.csvsafe import csv_text
+
+    out = []
     for res in results:
         fold = HOLDOUT_FOLD if res.fold is None else res.fold
         for part, idx, proba in (("val", res.val_idx, res.val_proba), ("test", res.test_idx, res.test_proba)):
             for i, p in zip(idx, proba):
                 meta = rows.meta[i]
-                w.writerow([rows.ids[i], rows.paths[i], *(meta.get(c, "") or "" for c in PREDICTION_META),
+                out.append([rows.ids[i], rows.paths[i], *(meta.get(c, "") or "" for c in PREDICTION_META),
                             rows.labels[i], *(repr(float(v)) for v in p), part, fold])
-    return buf.getvalue()
+    return csv_text(["image_id", "path", *PREDICTION_META, "label", *(f"p_{c}" for c in opts.labels), "split",
+                     "fold"], out)
 
 
 def _run_metrics(rows: _Rows, results: list[_FoldResult], opts: _Options, kind: str, seed: int) -> dict[str, Any]:
@@ -846,11 +847,9 @@ class PredictResult:
     run: Run
 
     def csv_text(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        w.writerows(self.rows)
-        return buf.getvalue()
+        from xrayfx.csvsafe import csv_text
+
+        return csv_text(self.columns, self.rows)
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> Dataset:
@@ -941,6 +940,7 @@ def predict(
     extracted = extract(
         data=dataset, config=model, cache_dir=data_cache, device=device, runtime=cfg.get("runtime", "onnxruntime"),
         precision=cfg.get("precision", "fp32"), batch_size=batch_size, workers=workers, progress=progress, log=log,
+        read_only_ok=True,
     )
     decision = cfg["decision"]
     thr = float(decision["threshold"])

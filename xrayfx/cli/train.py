@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights
+from xrayfx.cli.options import CacheDir, Data, Device, Model, Preprocess, Resize, Seed, Weights, cache_dir_callback
 
 
 def _log(message: str) -> None:
@@ -128,7 +128,8 @@ def predict_cmd(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="CSV file to write (default: standard output).", dir_okay=False)] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
-        "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).")]
+        "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).",
+        callback=cache_dir_callback)]
     = None,
     device: Device = "cpu",
 ) -> None:

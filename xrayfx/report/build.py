@@ -16,7 +16,6 @@ Nothing here chooses a threshold on test data: the Youden threshold of a run
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from xrayfx import metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
 from xrayfx.report import audit
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
+from xrayfx.storage import require_writable_output
 
 DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -128,8 +128,9 @@ def _first(config: dict[str, Any], *paths: str) -> Any:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (v or "") for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    from xrayfx.csvsafe import read_csv_dicts
+
+    return read_csv_dicts(path)
 
 
 def _history_rows(path: Path, fold: int) -> list[dict[str, Any]]:
@@ -483,7 +484,7 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     config = ModelConfig.from_dict(model, source=f"run config {run.path / 'config.json'}")
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
-                     progress=False)
+                     progress=False, read_only_ok=True)
     return result, notes
 
 
@@ -742,6 +743,7 @@ def build_report(
         out = loaded[0].path / "report" if len(loaded) == 1 else (
             cache / "reports" / time.strftime("%Y%m%d-%H%M%S"))
     out = Path(out)
+    require_writable_output(out)
 
     entries = []
     figures: list[figs.Figure] = []

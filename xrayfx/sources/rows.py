@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xrayfx.csvsafe import dict_csv_text, dict_rows, read_manifest_text
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.util import atomic_write_text
 
@@ -136,12 +137,9 @@ def write_manifest(rows: list[Row], path: str | Path) -> Path:
     out = Path(path)
     base = out.resolve().parent
     cols = manifest_columns(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**{c: row.get(c, "") for c in cols}, "path": relative_if_possible(row["path"], base)})
-    atomic_write_text(out, buf.getvalue())
+    text = dict_csv_text(cols, ({**{c: row.get(c, "") for c in cols}, "path": relative_if_possible(row["path"], base)}
+                                for row in rows))
+    atomic_write_text(out, text)
     return out
 
 
@@ -156,16 +154,13 @@ def load_manifest_rows(path: str | Path) -> list[Row]:
             f"expected a manifest CSV at {p}, got no such file; "
             "fix: pass the path of an existing manifest (for example ../shared/data/cxr/manifest.csv)"
         )
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in fields]
-        if missing:
-            raise DataError(
-                f"expected columns 'path' and 'label' in {p}, got {fields}; "
-                "fix: write the manifest with `xrayfx data cohen|kermany|nih` or add the columns"
-            )
-        rows = [dict(r) for r in reader]
+    fields, rows = dict_rows(read_manifest_text(p))
+    missing = [c for c in ("path", "label") if c not in fields]
+    if missing:
+        raise DataError(
+            f"expected columns 'path' and 'label' in {p}, got {fields}; "
+            "fix: write the manifest with `xrayfx data cohen|kermany|nih` or add the columns"
+        )
     if not rows:
         raise DataError(f"expected rows in {p}, got only a header; fix: point to a filled manifest")
     base = p.resolve().parent
@@ -178,13 +173,12 @@ def read_csv_index(path: Path, required: tuple[str, ...], what: str, fix: str) -
     """Rows of a source's own index CSV; DataError if it is missing or lacks a required column."""
     if not path.is_file():
         raise DataError(f"expected {what} at {path}, got no such file; fix: {fix}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c for c in (reader.fieldnames or []) if c is not None]
-        absent = [c for c in required if c not in fields]
-        if absent:
-            raise DataError(
-                f"expected columns {list(required)} in {what} {path}, got {fields} (missing {absent}); "
-                f"fix: {fix}"
-            )
-        return [{k: (v or "") for k, v in r.items() if k} for r in reader]
+    reader = csv.DictReader(io.StringIO(read_manifest_text(path, what), newline=""))
+    fields = [c for c in (reader.fieldnames or []) if c is not None]
+    absent = [c for c in required if c not in fields]
+    if absent:
+        raise DataError(
+            f"expected columns {list(required)} in {what} {path}, got {fields} (missing {absent}); "
+            f"fix: {fix}"
+        )
+    return [{k: (v or "") for k, v in r.items() if k} for r in reader]
