@@ -967,6 +967,11 @@ def predict(
 
 
 def write_stdout(text: str) -> None:
-    """Write CSV text to standard output unchanged (no wrapping or markup)."""
-    sys.stdout.write(text)
+    """Write CSV text to standard output unchanged (no wrapping or markup; non-UTF-8 file names as their bytes)."""
     sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+        buffer.flush()
