@@ -129,7 +129,7 @@ class EmbeddingCache:
                     "finished chunks are kept"
                 ) from None
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)[:500]}\n".encode())
+            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)[:500]}\n".encode(errors="backslashreplace"))
             yield
         finally:
             os.close(fd)  # closing releases the flock; the kernel also releases it if we are killed

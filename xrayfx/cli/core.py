@@ -53,7 +53,7 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
         exported = sorted((cache_dir / "models").glob(f"{name}-*.onnx")) if (cache_dir / "models").is_dir() else []
-        side = read_json(exported[-1].with_suffix(".json")) if exported else {}
+        side = _sidecar_or_nothing(exported[-1].with_suffix(".json"), read_json) if exported else {}
         table.add_row(
             name + (" *" if spec.paper else ""),
             str(spec.embedding_size),
@@ -67,6 +67,16 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
     console.print(table)
     console.print("* the paper's backbones; input 224x224 for all; GFLOP per image with a multiply-add as 2; "
                   "ONNX size once exported", highlight=False)
+
+
+def _sidecar_or_nothing(path: Path, read_json) -> dict:
+    """A model's sidecar for the `models` table; a damaged one is named in a warning and shown as not exported."""
+    try:
+        side = read_json(path)
+    except (OSError, ValueError) as exc:
+        _log(f"warning: model sidecar {path} cannot be read ({exc}); delete it and its .onnx, then export again")
+        return {}
+    return side if isinstance(side, dict) else {}
 
 
 @app.command("export")
