@@ -37,7 +37,7 @@ def test_signal_during_extract_exits_with_its_code_one_line_and_rerun_resumes(
         sig, code, word, shared_rows, mobilenet_export, tmp_path):
     from xrayfx.cache import EmbeddingCache
 
-    manifest = write_manifest(tmp_path / "many.csv", absolute_rows(shared_rows[:600]))
+    manifest = write_manifest(tmp_path / "many.csv", absolute_rows(shared_rows[:300]))
     cache = tmp_path / "cache"
     shutil.copytree(mobilenet_export.path.parent, cache / "models")  # the export is reused, not redone
     env = {**os.environ, "COLUMNS": "200"}
@@ -54,7 +54,7 @@ def test_signal_during_extract_exits_with_its_code_one_line_and_rerun_resumes(
     (group,) = [p for p in (cache / "embeddings").iterdir() if p.is_dir()]
     kept = EmbeddingCache(group)
     n_kept = len(kept)
-    assert 0 < n_kept < 600
+    assert 0 < n_kept < 300
     done_rows = sorted(kept.index().values())
     assert np.isfinite(np.asarray(kept.embeddings.oindex[done_rows, :])).all(), "a done row is not finite"
 
