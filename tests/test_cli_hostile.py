@@ -56,6 +56,7 @@ def test_error_messages_print_user_text_literally(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [
     ["extract", "--model", "mobilenet", "--data", ""],
+    ["extract", "--model", "mobilenet", "--data", "  "],
     ["extract", "--model", "mobilenet", "--data="],
     ["extract", "--model", "mobilenet", "--data", "x.csv", "--cache-dir", ""],
     ["predict", "", "--run", "r"],
@@ -130,7 +131,29 @@ def test_edited_run_config_is_not_blamed_on_the_registry(mobilenet_config):
     assert "r/config.json" in msg and "edited" in msg and "registry spec" not in msg
 
     recorded = mobilenet_config.to_dict()
-    recorded["spec"] = {**recorded["spec"], "embedding_size": 1}
-    recorded["fingerprint"] = "0" * 64
-    with pytest.raises(IntegrityError, match="registry spec"):
+    recorded["backbone"] = "densenet201"
+    with pytest.raises(IntegrityError, match="edited"):
         ModelConfig.from_dict(recorded)
+
+    import dataclasses
+
+    old_registry = dataclasses.replace(mobilenet_config, spec=dataclasses.replace(mobilenet_config.spec,
+                                                                                  embedding_size=1))
+    with pytest.raises(IntegrityError, match="registry spec of mobilenet changed"):
+        ModelConfig.from_dict(old_registry.to_dict())
+
+
+def test_non_utf8_output_path_is_printed_escaped_not_a_crash(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = os.path.join(os.fsencode(tmp_path), b"ph\xff")
+    proc = subprocess.run([sys.executable, "-m", "xrayfx", "phantoms", "-o", os.fsdecode(out), "--n", "4"], cwd=ROOT,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"ph\\udcff" in proc.stdout
+    assert os.path.isfile(os.path.join(out, b"manifest.csv"))

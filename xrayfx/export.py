@@ -122,17 +122,27 @@ class ModelConfig:
             ),
         )
         if config.fingerprint != d["fingerprint"]:
-            raise exceptions.IntegrityError(_fingerprint_mismatch(d, spec, config.fingerprint, source))
+            raise exceptions.IntegrityError(_fingerprint_mismatch(d, config, source))
         return config
 
 
-def _fingerprint_mismatch(d: dict[str, Any], spec: BackboneSpec, derived: str, source: str) -> str:
-    """Why a recorded model configuration does not match its fingerprint: an edit, or a changed registry."""
-    head = (f"{source} records fingerprint {str(d['fingerprint'])[:12]} for {spec.name}, but its settings give "
-            f"{derived[:12]}")
-    import json
+def _fingerprint_mismatch(d: dict[str, Any], config: "ModelConfig", source: str) -> str:
+    """Why a recorded model configuration does not match its fingerprint: an edit, or a changed registry.
 
-    if d.get("spec") not in (None, json.loads(json.dumps(spec.to_dict(), default=str))):
+    If the record's own spec, weights and preprocessing hash to its fingerprint, the record is intact and
+    the registry changed; otherwise the record was edited.
+    """
+    spec = config.spec
+    head = (f"{source} records fingerprint {str(d['fingerprint'])[:12]} for {spec.name}, but its settings give "
+            f"{config.fingerprint[:12]}")
+    recorded_spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
+    as_recorded = sha256_json({
+        "spec": {k: recorded_spec.get(k) for k in spec.identity()},
+        "weights": config.weights.identity(),
+        "preprocessing": config.preprocessing.to_dict(),
+        "input_size": list(config.preprocessing.input_size),
+    })
+    if as_recorded == d["fingerprint"] and recorded_spec.get("name") == spec.name:
         return (f"{head}: the registry spec of {spec.name} changed since it was recorded. "
                 "Fix: re-extract and retrain with this version of xrayfx")
     return (f"{head}: its model settings (weights or preprocessing) were edited after it was written, so it no "

@@ -14,7 +14,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from xrayfx.cli.faults import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, install_sigterm_handler,  # noqa: E402
-                               interrupted_line, os_error_line, refuse_empty_values)
+                               interrupted_line, os_error_line, refuse_empty_values, tolerate_undecodable_names)
 from xrayfx.exceptions import XrayfxError  # noqa: E402
 
 app = typer.Typer(
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     install_sigterm_handler()
+    tolerate_undecodable_names()
     try:
         _register_commands()
         refuse_empty_values(args)

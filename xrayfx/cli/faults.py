@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import sys
 from types import FrameType
 
 #: Exit codes of the shell convention: 128 + signal number.
@@ -50,6 +51,14 @@ def interrupted_line(argv: list[str], what: str = "interrupted") -> str:
     return what
 
 
+def tolerate_undecodable_names() -> None:
+    """Print file names that are not UTF-8 with backslash escapes instead of failing (stdout and stderr)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def refuse_empty_values(argv: list[str]) -> None:
     """Raise UsageError (exit 2) for an empty argument: ``--data ''`` would otherwise mean the current folder."""
     from xrayfx.exceptions import UsageError
@@ -57,7 +66,7 @@ def refuse_empty_values(argv: list[str]) -> None:
     for i, arg in enumerate(argv):
         if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
             option = arg[:-1]
-        elif arg == "":
+        elif arg.strip() == "":
             option = argv[i - 1] if i > 0 and argv[i - 1].startswith("-") else ""
         else:
             continue
