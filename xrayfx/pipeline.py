@@ -20,13 +20,13 @@ import numpy as np
 
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.csvsafe import write_csv
-from xrayfx.storage import (ReadOnlyCacheError, check_cache_dir, disk_full_error, is_disk_full, is_writable,
-                            require_writable_cache)
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
-from xrayfx.exceptions import ImageDecodeError, SkippedInputsError, UsageError
+from xrayfx.exceptions import CacheError, ImageDecodeError, SkippedInputsError, UsageError
 from xrayfx.export import ExportedModel, ModelConfig, export_model, model_config
 from xrayfx.progress import ImageProgress
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
+from xrayfx.storage import (ReadOnlyCacheError, check_cache_dir, disk_full_error, is_disk_full, is_writable,
+                            require_writable_cache)
 
 
 @dataclass
@@ -267,7 +267,10 @@ class MemoryRows:
         return list(range(n_chunks))
 
     def write_chunk(self, chunk: int, image_ids: list[str], embeddings: np.ndarray) -> None:
-        self.rows.update(zip(image_ids, np.asarray(embeddings, dtype=np.float32)))
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if not np.all(np.isfinite(embeddings)):
+            raise CacheError("refusing non-finite embeddings (NaN or inf): the model output is broken")
+        self.rows.update(zip(image_ids, embeddings))
 
     def read(self, image_ids: list[str]) -> np.ndarray:
         """Embeddings in the order asked, from memory where computed here, else from the cache."""
