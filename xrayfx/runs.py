@@ -132,7 +132,8 @@ def _run_not_found(run: str, given: Path, cache_dir: str | Path) -> str:
     else:
         hint = (f" There are no runs under {runs_root(cache_dir)}. Fix: pass the full run folder that fit-head "
                 "printed, or its id with --cache-dir set to the cache it was written in.")
-    return f"Expected --run to be a run folder (holding {CONFIG_FILE}) or a run id; got {run!r}: {looked}.{there}{hint}"
+    return (f"Expected --run to be a run folder (holding {CONFIG_FILE}) or a run id; got {run!r}, which is neither: "
+            f"{looked}.{there}{hint}")
 
 
 def list_runs(cache_dir: str | Path) -> list[str]:
