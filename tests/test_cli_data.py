@@ -171,7 +171,8 @@ def test_data_paper_manifest(tmp_path, capsys):
     assert Counter(r["label"] for r in rows) == {"covid": 140, "normal": 939}
     assert {r["view"] for r in rows if r["label"] == "covid"} == {"PA"}
     assert {r["source"] for r in rows if r["label"] == "normal"} == {"mooney"}
-    assert all(Path(r["path"]).is_file() for r in rows)
+    # Relative paths in a manifest are relative to the manifest's folder, not to the current one.
+    assert all((out_csv.parent / r["path"]).is_file() for r in rows)
     assert "coincide" in err
     assert "covid views taken: PA 140" in out
 

@@ -56,13 +56,13 @@ class LockInfo:
 class EmbeddingCache:
     """Embeddings of one model configuration, keyed by image content hash."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         import zarr
 
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise CacheError(f"{self.path} is not an xrayfx cache group (no zarr.json)")
-        self.group = zarr.open_group(store=str(self.path), mode="r+")
+        self.group = zarr.open_group(store=str(self.path), mode="r" if read_only else "r+")
         self.embeddings = self.group["embeddings"]
         self.ids = self.group["ids"]
         self.done = self.group["done"]
@@ -147,7 +147,7 @@ class EmbeddingCache:
                     "finished chunks are kept"
                 ) from None
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)[:500]}\n".encode())
+            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)[:500]}\n".encode(errors="backslashreplace"))
             yield
         finally:
             os.close(fd)  # closing releases the flock; the kernel also releases it if we are killed

@@ -6,7 +6,6 @@ paths with the same bytes share one cache row, and the duplicate is reported.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
+from xrayfx.csvsafe import dict_rows, read_manifest_text
 from xrayfx.data.files import scan_folder, sha256_regular
 from xrayfx.exceptions import DataError, ImageDecodeError
 from xrayfx.images import is_image_path
@@ -65,9 +65,20 @@ class Dataset:
     def labels(self) -> list[str]:
         return sorted({r.label for r in self.records if r.label})
 
+    def require_labels(self) -> None:
+        """Raise DataError naming the columns when a manifest has no ``label`` column at all."""
+        if self.kind == "manifest" and "label" not in self.columns:
+            raise DataError(
+                f"Expected a 'label' column in manifest {self.source}; it has none (its columns: "
+                f"{', '.join(self.columns)}). Fix: add a label column (e.g. covid / normal) to the manifest."
+            )
+
 
 def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
     """Read a class-folder tree or a CSV manifest, and hash every readable file."""
+    if not str(path).strip():
+        raise DataError("expected a data folder or CSV manifest, got an empty path; give the path "
+                        "(write . for the current folder)")
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -80,6 +91,9 @@ def load_dataset(path: str | Path, hash_workers: int = 4) -> Dataset:
         dataset = _read_manifest(path)
     else:
         raise DataError(f"data path {path} is neither a folder nor a .csv manifest")
+    if not dataset.records and dataset.kind == "manifest":
+        raise DataError(f"manifest {path} has a header ({', '.join(dataset.columns)}) but no rows; "
+                        "expected one row per image (path,label,...). Fix: fill it, or pass another manifest")
     if not dataset.records:
         raise DataError(f"{path} lists no images; expected class subfolders holding PNG/JPEG/DICOM files")
     _hash_records(dataset.records, hash_workers)
@@ -104,18 +118,17 @@ def _read_folder(root: Path) -> Dataset:
 def read_manifest_csv(
     manifest: str | Path, required: tuple[str, ...] = ("path",), fix: str = "add a 'path' column (and 'label')"
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of a manifest CSV (UTF-8, with or without a BOM): the one manifest reader.
+    """The columns and rows of a manifest CSV (UTF-8, with or without a BOM; cells neutralised against
+    formula injection are restored): the one manifest reader.
 
     Raises DataError when a ``required`` column is missing; ``fix`` ends the message.
     """
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c for c in (reader.fieldnames or []) if c is not None]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            wanted = " and ".join(repr(c) for c in required)
-            raise DataError(f"expected columns {wanted} in manifest {manifest}, got {columns}; fix: {fix}")
-        return columns, [dict(r) for r in reader]
+    columns, rows = dict_rows(read_manifest_text(manifest))  # DataError naming line and byte unless UTF-8
+    missing = [c for c in required if c not in columns]
+    if missing:
+        wanted = " and ".join(repr(c) for c in required)
+        raise DataError(f"expected columns {wanted} in manifest {manifest}, got {columns}; fix: {fix}")
+    return columns, rows
 
 
 def _read_manifest(manifest: Path) -> Dataset:

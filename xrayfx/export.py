@@ -41,10 +41,30 @@ def load_exported(config: ModelConfig, cache_dir: str | Path) -> ExportedModel |
     side = sidecar_path(path)
     if not (path.is_file() and side.is_file()):
         return None
-    sidecar = read_json(side)
+    sidecar = _read_sidecar(side, path)
     if sidecar.get("fingerprint") != config.fingerprint:
         return None
     return ExportedModel(config=config, path=path, sidecar=sidecar)
+
+
+#: Sidecar keys that extraction relies on, with their JSON types.
+_SIDECAR_KEYS = {"fingerprint": str, "onnx_sha256": str}
+
+
+def _read_sidecar(side: Path, onnx: Path) -> dict[str, Any]:
+    """The sidecar JSON of an export; CacheError with the fix when it is truncated, edited or not an object."""
+    fix = (f"it was truncated or edited after export. Fix: delete {side} and {onnx} and rerun (the model is "
+           "exported again), or restore the file")
+    try:
+        sidecar = read_json(side)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise exceptions.CacheError(f"model sidecar {side} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(sidecar, dict):
+        raise exceptions.CacheError(f"model sidecar {side} holds a {type(sidecar).__name__}, not an object; {fix}")
+    bad = [k for k, t in _SIDECAR_KEYS.items() if not isinstance(sidecar.get(k), t)]
+    if bad:
+        raise exceptions.CacheError(f"model sidecar {side} lacks a valid {', '.join(bad)}; {fix}")
+    return sidecar
 
 
 def export_model(

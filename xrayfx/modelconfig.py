@@ -86,8 +86,11 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Rebuild a config recorded by :meth:`to_dict` (the fingerprint is re-derived and checked)."""
+    def from_dict(cls, d: dict[str, Any], source: str = "the record") -> "ModelConfig":
+        """Rebuild a config recorded by :meth:`to_dict` (the fingerprint is re-derived and checked).
+
+        ``source`` names where ``d`` was read (e.g. a run's config.json) for the error message.
+        """
         spec = _recorded_spec(d)
         w = d["weights"]
         config = cls(
@@ -96,12 +99,32 @@ class ModelConfig:
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
         )
         if config.fingerprint != d["fingerprint"]:
-            raise IntegrityError(
-                f"recorded fingerprint {d['fingerprint'][:12]} of {spec.name} does not match its settings "
-                f"({config.fingerprint[:12]}); the registry spec changed since it was recorded. Re-extract."
-            )
+            raise IntegrityError(_fingerprint_mismatch(d, config, source))
         return config
 
+
+
+def _fingerprint_mismatch(d: dict[str, Any], config: "ModelConfig", source: str) -> str:
+    """Why a recorded model configuration does not match its fingerprint: an edit, or a changed registry.
+
+    If the record's own spec, weights and preprocessing hash to its fingerprint, the record is intact and
+    the registry changed; otherwise the record was edited.
+    """
+    spec = config.spec
+    head = (f"{source} records fingerprint {str(d['fingerprint'])[:12]} for {spec.name}, but its settings give "
+            f"{config.fingerprint[:12]}")
+    recorded_spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
+    as_recorded = sha256_json({
+        "spec": {k: recorded_spec.get(k) for k in spec.identity()},
+        "weights": config.weights.identity(),
+        "preprocessing": config.preprocessing.to_dict(),
+        "input_size": list(config.preprocessing.input_size),
+    })
+    if as_recorded == d["fingerprint"] and recorded_spec.get("name") == spec.name:
+        return (f"{head}: the registry spec of {spec.name} changed since it was recorded. "
+                "Fix: re-extract and retrain with this version of xrayfx")
+    return (f"{head}: its model settings (weights or preprocessing) were edited after it was written, so it no "
+            "longer matches what was trained. Fix: restore the original file, or rerun the command that wrote it")
 
 
 def _recorded_spec(d: dict[str, Any]) -> BackboneSpec:

@@ -153,12 +153,10 @@ def generate_phantoms(
     for stale in sorted(old_paths - written):
         (out / stale).unlink(missing_ok=True)
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    from xrayfx.csvsafe import dict_csv_text
+
     manifest = out / "manifest.csv"
-    atomic_write_text(manifest, buf.getvalue())
+    atomic_write_text(manifest, dict_csv_text(MANIFEST_COLUMNS, rows))
     atomic_write_text(out / "README.md", _readme(records, n, seed, size, covid_fraction))
     return manifest
 

@@ -7,11 +7,10 @@ interrupted run keeps everything it finished and a rerun computes only the rest.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,23 +20,26 @@ import numpy as np
 from xrayfx import images
 from xrayfx.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache, group_name
 from xrayfx.data.stream import Skip, decoded_stream
+from xrayfx.csvsafe import write_csv
 from xrayfx.datasets import Dataset, ImageRecord, load_dataset
 from xrayfx.data.quality import low_bit_depth_warning, take_low_bit_depth
 from xrayfx.distributed import extract_missing_distributed, parse_scheduler
 from xrayfx.exceptions import (
+    CacheError,
     CacheRepairWarning,
     ImageDecodeError,
     ImageQualityWarning,
     SkippedInputsError,
     UsageError,
 )
-from xrayfx.export import export_model
+from xrayfx.export import export_model, load_exported
 from xrayfx.extraction.verify import check_reused
 from xrayfx.modelconfig import ExportedModel, ModelConfig, model_config
 from xrayfx.progress import ImageProgress
 from xrayfx.quantize import ensure_int8, int8_variant_at
 from xrayfx.runtimes import Embedder, check_runtime, make_extractor
-from xrayfx.util import atomic_write_text
+from xrayfx.storage import (ReadOnlyCacheError, check_cache_dir, disk_full_error, is_disk_full, is_writable,
+                            require_writable_cache)
 
 
 @dataclass
@@ -150,6 +152,7 @@ def extract(
     calibration: str | Path | None = None,
     model_path: str | Path | None = None,
     keep_degenerate: bool = False,
+    read_only_ok: bool = False,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
@@ -166,14 +169,20 @@ def extract(
     a reason unless ``keep_degenerate``. Warnings (damaged cache chunks recomputed,
     16-bit images that look 12-bit) go to ``log``, else to Python's warnings, and
     are listed in ``result.warnings``.
+    ``read_only_ok`` (predict, report): on a read-only cache, read what is cached and compute
+    the rest in memory without caching it; otherwise a read-only cache is an error before any work.
     """
+    cache_dir = check_cache_dir(cache_dir)
+    read_only = not is_writable(cache_dir)
+    if read_only and not read_only_ok:
+        require_writable_cache(cache_dir)
     _check_options(batch_size, workers, runtime, precision)
     check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
     if scheduler:
         parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
-    exported = export_model(config, cache_dir, log=log)
+    exported = _registered_export(config, cache_dir) if read_only else export_model(config, cache_dir, log=log)
     cache_precision = precision
     if precision == "int8":
         if model_path is not None:
@@ -183,22 +192,29 @@ def extract(
         model_path, cache_precision = variant.path, variant.cache_precision
     else:
         model_path = None
-    cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
+    if read_only:
+        cache = MemoryRows(_existing_group(cache_dir, cache_group_for(config, runtime, cache_precision)),
+                           config.spec.embedding_size, chunk_rows)
+    else:
+        cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
 
     skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
     t0 = time.perf_counter()
     n_new = 0
     providers: list[str] = []
-    with cache.locked():
+    with nullcontext() if read_only else cache.locked():  # readers of a read-only cache need no lock
         first_of: dict[str, ImageRecord] = {}
         for r in dataset.ok:
             first_of.setdefault(r.image_id, r)
-        repaired = check_reused(cache, list(first_of))  # damaged chunks' rows become missing: recomputed below
+        # damaged chunks' rows become missing and are recomputed below (a read-only cache is only read)
+        repaired = [] if read_only else check_reused(cache, list(first_of))
         for message in repaired:
             _warn(message, log, CacheRepairWarning)
         take_low_bit_depth()  # forget what earlier decoding in this process noted
         todo = [first_of[i] for i in cache.missing(list(first_of))]
-        if todo and scheduler:
+        if todo and read_only and log:
+            log(f"cache {cache_dir} is read-only: {len(todo)} image(s) not in it are embedded in memory, not cached")
+        if todo and scheduler and not read_only:
             new_skips, n_new = extract_missing_distributed(
                 todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
                 device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
@@ -239,7 +255,7 @@ def extract(
         model_path=Path(model_path) if model_path is not None else None,
         warnings=repaired + ([low_depth] if low_depth else []),
     )
-    if skipped:
+    if skipped and not read_only:
         result.skipped_file = write_skipped(skipped, Path(cache_dir) / "logs")
     if log:
         log(result.summary())
@@ -257,6 +273,62 @@ def _warn(message: str, log: Callable[[str], None] | None, category: type[Warnin
         log(f"warning: {message}")
     else:
         warnings.warn(message, category, stacklevel=3)
+
+
+def _registered_export(config: ModelConfig, cache_dir: Path) -> ExportedModel:
+    """The export of a read-only cache; it cannot be made there."""
+    exported = load_exported(config, cache_dir)
+    if exported is None:
+        raise ReadOnlyCacheError(
+            f"cache {cache_dir} is read-only and holds no export of {config.spec.name} ({config.stem}): it cannot "
+            "be exported there. Fix: export it into a writable cache first, or pass a writable --cache-dir"
+        )
+    return exported
+
+
+def _existing_group(cache_dir: Path, name: str) -> EmbeddingCache | None:
+    path = cache_dir / "embeddings" / name
+    return EmbeddingCache(path, read_only=True) if (path / "zarr.json").is_file() else None
+
+
+class MemoryRows:
+    """Embeddings computed for a read-only cache: kept in memory, over the rows the cache already has.
+
+    It offers what extraction writes to and reads from (``missing``, ``allocate_chunks``,
+    ``write_chunk``, ``read``, ``path``), so the same code embeds into it.
+    """
+
+    def __init__(self, cache: EmbeddingCache | None, dim: int, chunk_rows: int):
+        self.cache = cache
+        self.dim = dim
+        self.chunk_rows = cache.chunk_rows if cache is not None else chunk_rows
+        self.path = cache.path if cache is not None else Path("(memory)")
+        self.rows: dict[str, np.ndarray] = {}
+
+    def missing(self, image_ids: list[str]) -> list[str]:
+        """Ids neither in the cache nor computed yet."""
+        todo = self.cache.missing(image_ids) if self.cache is not None else list(dict.fromkeys(image_ids))
+        return [i for i in todo if i not in self.rows]
+
+    def allocate_chunks(self, n_chunks: int) -> list[int]:
+        return list(range(n_chunks))
+
+    def write_chunk(self, chunk: int, image_ids: list[str], embeddings: np.ndarray) -> None:
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if not np.all(np.isfinite(embeddings)):
+            raise CacheError("refusing non-finite embeddings (NaN or inf): the model output is broken")
+        self.rows.update(zip(image_ids, embeddings))
+
+    def read(self, image_ids: list[str]) -> np.ndarray:
+        """Embeddings in the order asked, from memory where computed here, else from the cache."""
+        out = np.zeros((len(image_ids), self.dim), dtype=np.float32)
+        cached = [k for k, i in enumerate(image_ids) if i not in self.rows]
+        for k, i in enumerate(image_ids):
+            if i in self.rows:
+                out[k] = self.rows[i]
+        if cached:
+            out[cached] = self.cache.read([image_ids[k] for k in cached])
+        return out
 
 
 def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
@@ -300,17 +372,22 @@ def _extract_missing(
 
     with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
         stream = decoded_stream(todo, lambda p: images.load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
-        for record, image, reason in stream:
-            if image is None:
-                skips.append(Skip(str(record.path), reason or "", record.image_id or ""))
-            else:
-                buf_ids.append(record.image_id)
-                buf_imgs.append(image)
-                if len(buf_ids) == cache.chunk_rows:
-                    flush()
-            bar.advance(1)
-        if buf_ids:
-            flush()
+        try:
+            for record, image, reason in stream:
+                if image is None:
+                    skips.append(Skip(str(record.path), reason or "", record.image_id or ""))
+                else:
+                    buf_ids.append(record.image_id)
+                    buf_imgs.append(image)
+                    if len(buf_ids) == cache.chunk_rows:
+                        flush()
+                bar.advance(1)
+            if buf_ids:
+                flush()
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(written, cache.path) from None
+            raise
     return skips, written
 
 
@@ -321,10 +398,5 @@ def write_skipped(skipped: list[Skip], logs_dir: Path) -> Path:
     while folder.exists():
         n += 1
         folder = logs_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "image_id", "reason"])
-    for s in skipped:
-        w.writerow([s.path, s.image_id, s.reason])
-    atomic_write_text(folder / "skipped.csv", buf.getvalue())
-    return folder / "skipped.csv"
+    return write_csv(folder / "skipped.csv", ["path", "image_id", "reason"],
+                     ([s.path, s.image_id, s.reason] for s in skipped))

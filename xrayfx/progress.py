@@ -26,9 +26,9 @@ class ImageProgress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
-            columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+            columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn()]
             if self.total_batches is not None:
-                columns.append(TextColumn("{task.fields[batches]}"))
+                columns.append(TextColumn("{task.fields[batches]}", markup=False))
             columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn()]
             self.bar = Progress(*columns)

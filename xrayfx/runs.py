@@ -112,15 +112,32 @@ def resolve_run(run: str | Path, cache_dir: str | Path = "cache") -> Path:
     by_id = runs_root(cache_dir) / str(run)
     if _RUN_ID.match(str(run)) and (by_id / CONFIG_FILE).is_file():
         return by_id
+    raise UsageError(_run_not_found(str(run), given, cache_dir))
+
+
+def _run_not_found(run: str, given: Path, cache_dir: str | Path) -> str:
+    """Where a run was looked for, what is there instead, and which --cache-dir or path would find it."""
+    looked = f"looked for {given / CONFIG_FILE} and for a run id under {runs_root(cache_dir)}"
+    if given.is_dir():
+        there = f" {given} exists but holds no {CONFIG_FILE} (a run that never finished, or not a run folder)."
+    elif len(given.parts) > 1 or given.is_absolute():
+        there = f" There is no folder {given}."
+    else:
+        there = ""
+    parent = given.parent if len(given.parts) > 1 else None
+    elsewhere = list_runs(parent.parent) if parent is not None and parent.name == "runs" else []
     known = list_runs(cache_dir)
-    hint = f" Runs under {runs_root(cache_dir)}: {', '.join(known[-5:])}." if known else (
-        f" There are no runs under {runs_root(cache_dir)}."
-    )
-    raise UsageError(
-        f"Expected --run to be a run folder (holding {CONFIG_FILE}) or a run id under "
-        f"{runs_root(cache_dir)}; got {str(run)!r}, which is neither.{hint} Fix: pass the folder that "
-        "fit-head printed, or its id with the same --cache-dir."
-    )
+    if elsewhere:
+        hint = (f" Runs under {parent}: {', '.join(elsewhere[-5:])}. Fix: pass one of those folders in full, "
+                f"or its id with --cache-dir {parent.parent}.")
+    elif known:
+        hint = (f" Runs under {runs_root(cache_dir)}: {', '.join(known[-5:])}. Fix: pass the folder that "
+                "fit-head printed, or one of these ids.")
+    else:
+        hint = (f" There are no runs under {runs_root(cache_dir)}. Fix: pass the full run folder that fit-head "
+                "printed, or its id with --cache-dir set to the cache it was written in.")
+    return (f"Expected --run to be a run folder (holding {CONFIG_FILE}) or a run id; got {run!r}, which is neither: "
+            f"{looked}.{there}{hint}")
 
 
 def list_runs(cache_dir: str | Path) -> list[str]:

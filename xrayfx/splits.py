@@ -49,11 +49,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
+
+from xrayfx.csvsafe import read_csv_text, restore, write_csv
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from xrayfx.exceptions import DataError, LeakageError, UsageError
-from xrayfx.util import atomic_write_text
 
 PARTS = ("train", "val", "test")
 COLUMNS = ("image_id", "patient_id", "label", "split", "fold")
@@ -559,14 +560,9 @@ def write_split(split: Split, path: str | Path) -> Path:
     """Write the split as CSV (image_id,patient_id,label,split,fold), atomically."""
     if not isinstance(split, Split):
         raise UsageError(f"Expected a Split to write; got {type(split).__name__}.")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    for row in zip(split.image_id, split.patient_id, split.label, split.split, split.fold):
-        w.writerow([str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4])])
-    path = Path(path)
-    atomic_write_text(path, buf.getvalue())
-    return path
+    rows = ([str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4])]
+            for row in zip(split.image_id, split.patient_id, split.label, split.split, split.fold))
+    return write_csv(path, COLUMNS, rows)
 
 
 def _lines(bad: list[int]) -> str:
@@ -586,10 +582,7 @@ def read_split(path: str | Path) -> Split:
             f"Expected a split file at {path}; got nothing there. Fix: check the --split path, "
             "or run without --split to make one."
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"Expected a UTF-8 CSV split file at {path}; got undecodable bytes ({e}). {fix}") from e
+    text = read_csv_text(path)  # labels from folder names that are not UTF-8 come back as written
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames
     if not header:
@@ -606,7 +599,8 @@ def read_split(path: str | Path) -> Split:
     bad_split: list[int] = []
     bad_fold: list[int] = []
     for lineno, raw in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
+        row = {restore((k or "").strip()): restore((v or "").strip())
+               for k, v in raw.items() if isinstance(v, str) or v is None}
         for c in COLUMNS:
             cols[c].append(row.get(c, ""))
         for c in blank:

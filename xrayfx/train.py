@@ -32,6 +32,7 @@ import numpy as np
 
 from xrayfx.balance import TrainingRows, balance as balance_rows
 from xrayfx.datasets import Dataset
+from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.heads import HEADS, make_head
 from xrayfx.heads.persist import HISTORY_FIELDS, load_head, save_head, write_history_csv
@@ -328,6 +329,7 @@ def fit_head(
 
     t_start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset.require_labels()
     extracted = pipeline.extract(
         data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
         batch_size=batch_size, workers=workers, progress=progress, log=log, keep_degenerate=keep_degenerate,
@@ -436,14 +438,13 @@ def _write_kfold_history(writer: RunWriter, results: list[_FoldResult]) -> None:
 
 
 def _predictions_csv(rows: _Rows, results: list[_FoldResult], opts: CheckedOptions) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "path", *PREDICTION_META, "label", *(f"p_{c}" for c in opts.labels), "split", "fold"])
+    out: list[list[Any]] = []
     for res in results:
         fold = HOLDOUT_FOLD if res.fold is None else res.fold
         for part, idx, proba in (("val", res.val_idx, res.val_proba), ("test", res.test_idx, res.test_proba)):
             for i, p in zip(idx, proba):
                 meta = rows.meta[i]
-                w.writerow([rows.ids[i], rows.paths[i], *(meta.get(c, "") or "" for c in PREDICTION_META),
+                out.append([rows.ids[i], rows.paths[i], *(meta.get(c, "") or "" for c in PREDICTION_META),
                             rows.labels[i], *(repr(float(v)) for v in p), part, fold])
-    return buf.getvalue()
+    return csv_text(["image_id", "path", *PREDICTION_META, "label", *(f"p_{c}" for c in opts.labels), "split",
+                     "fold"], out)  # text cells neutralised against formula injection

@@ -10,10 +10,10 @@ import typer
 from xrayfx.cli.options import CacheDir, Seed
 
 
-def _log(message: str) -> None:
+def _log(message) -> None:
     from xrayfx.cli import err_console
 
-    err_console.print(message, highlight=False, soft_wrap=True)
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def bench_cmd(
@@ -58,7 +58,9 @@ def bench_cmd(
         model, runtime, device, precision, batch_sizes, repeats, warmup, baseline, quick, cache_dir=cache_dir
     )
     for s in plan.skipped:
-        _log(f"[yellow]skipped[/] {s['runtime']}/{s['device']}/{s['precision']}: {s['reason']}")
+        from xrayfx.cli import styled
+
+        _log(styled("skipped", "yellow", f" {s['runtime']}/{s['device']}/{s['precision']}: {s['reason']}"))
     doc = run_bench(plan, weights=weights, seed=seed, cache_dir=cache_dir, data=data, calibration=calibration, log=_log)
     console.print(render_table(doc))
     mm = doc["machine"]["matmul"]["cpu/fp32"]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from xrayfx.cli import console, err_console
+from xrayfx.cli import console, err_console, styled
 from xrayfx.cli.options import (
     BitDepth,
     CacheDir,
@@ -26,8 +26,8 @@ from xrayfx.cli.options import (
 )
 
 
-def _log(message: str) -> None:
-    err_console.print(message, highlight=False, soft_wrap=True)
+def _log(message) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def _version_callback(value: bool) -> None:
@@ -65,7 +65,7 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
         exported = sorted((cache_dir / "models").glob(f"{name}-*.onnx")) if (cache_dir / "models").is_dir() else []
-        side = read_json(exported[-1].with_suffix(".json")) if exported else {}
+        side = _sidecar_or_nothing(exported[-1].with_suffix(".json"), read_json) if exported else {}
         table.add_row(
             name + (" *" if spec.paper else ""),
             str(spec.embedding_size),
@@ -79,6 +79,16 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
     console.print(table)
     console.print("* the paper's backbones; input 224x224 for all; GFLOP per image with a multiply-add as 2; "
                   "ONNX size once exported", highlight=False)
+
+
+def _sidecar_or_nothing(path: Path, read_json) -> dict:
+    """A model's sidecar for the `models` table; a damaged one is named in a warning and shown as not exported."""
+    try:
+        side = read_json(path)
+    except (OSError, ValueError) as exc:
+        _log(f"warning: model sidecar {path} cannot be read ({exc}); delete it and its .onnx, then export again")
+        return {}
+    return side if isinstance(side, dict) else {}
 
 
 def export_cmd(
@@ -112,10 +122,11 @@ def export_cmd(
 
 def _warn_random(config) -> None:
     if config.weights.is_random:
-        _log(
-            f"[bold yellow]warning:[/] {config.spec.name} uses {config.weights.describe()}: its features carry no "
-            "ImageNet knowledge; use them for plumbing, never for conclusions."
-        )
+        _log(styled(
+            "warning:", "bold yellow",
+            f" {config.spec.name} uses {config.weights.describe()}: its features carry no "
+            "ImageNet knowledge; use them for plumbing, never for conclusions.",
+        ))
 
 
 def extract_cmd(
@@ -258,7 +269,8 @@ def demo_cmd(
         out=out, model=model or DEFAULT_MODEL, data=data, weights=weights or DEFAULT_WEIGHTS, seed=seed, log=_log,
         n_phantoms=n, ablation=ablation,
     )
-    console.print(f"\n[bold]demo results in {result.out}[/]", highlight=False, soft_wrap=True)
+    console.print()
+    console.print(styled(f"demo results in {result.out}", "bold"), highlight=False, soft_wrap=True)
     for line in result.lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
 

@@ -38,7 +38,17 @@ Preprocess = Annotated[
 Resize = Annotated[
     ResizeName, typer.Option("--resize", help="'stretch' to the input size (the paper) or 'crop' (shorter side, centre crop).")
 ]
-CacheDir = Annotated[Path, typer.Option("--cache-dir", help="Cache folder (models, embeddings, runs, logs).")]
+
+
+def cache_dir_callback(value: Path | None) -> Path | None:
+    """Refuse a --cache-dir that is a file (exit 2) before a command starts."""
+    from xrayfx.storage import check_cache_dir
+
+    return None if value is None else check_cache_dir(value)
+
+
+CacheDir = Annotated[Path, typer.Option("--cache-dir", help="Cache folder (models, embeddings, runs, logs).",
+                                        callback=cache_dir_callback)]
 Device = Annotated[DeviceName, typer.Option("--device", help="Where inference runs ('auto': the best present).")]
 Data = Annotated[
     Path, typer.Option("--data", "-d", help="A folder with one subfolder per class, or a CSV manifest (path,label,...).")

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from xrayfx.cli.options import cache_dir_callback
+
 
 def report_cmd(
     runs: Annotated[
@@ -28,7 +30,7 @@ def report_cmd(
     cache_dir: Annotated[
         Optional[Path],
         typer.Option("--cache-dir", help="Cache folder with the runs, models and embeddings (default: the one "
-                     "the first run folder sits in, else ./cache).", file_okay=False),
+                     "the first run folder sits in, else ./cache).", file_okay=False, callback=cache_dir_callback),
     ] = None,
     resamples: Annotated[
         int, typer.Option("--resamples", help="Patient-bootstrap resamples behind each AUROC, PR-AUC and F1 "
@@ -55,7 +57,7 @@ def report_cmd(
     from xrayfx.report.render import terminal_table2, with_ci
 
     def log(message: str) -> None:
-        err_console.print(message, highlight=False, soft_wrap=True)
+        err_console.print(message, highlight=False, soft_wrap=True, markup=False)
 
     result = build_report(runs, out=out, ablation=ablation, cache_dir=cache_dir, n_resamples=resamples, log=log,
                           explain=explain)

@@ -21,6 +21,7 @@ from xrayfx.cli.options import (
     Resize,
     Seed,
     Weights,
+    cache_dir_callback,
 )
 
 
@@ -153,7 +154,8 @@ def predict_cmd(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="CSV file to write (default: standard output).", dir_okay=False)] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
-        "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).")]
+        "--cache-dir", help="Cache folder holding runs/ and the embeddings (default: the run's, else ./cache).",
+        callback=cache_dir_callback)]
     = None,
     device: Device = "cpu",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output file.")] = False,

@@ -17,7 +17,6 @@ one (:class:`xrayfx.study.record.RunRecord`), chosen on its validation rows only
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_
 from xrayfx.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run
 from xrayfx.runtimes import make_extractor
 from xrayfx.util import read_json, sha256_file
+from xrayfx.storage import require_writable_output
 
 CONFIDENCE = 0.95
 CALIBRATION_BINS = 10
@@ -102,8 +102,9 @@ class RunData:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (v or "") for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    from xrayfx.csvsafe import read_csv_dicts
+
+    return read_csv_dicts(path)
 
 
 def _history_rows(path: Path, fold: int) -> list[dict[str, Any]]:
@@ -397,11 +398,11 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
             notes.append(f"{manifest} changed since the run was trained; only images listed in the run's "
                          "split are used")
     runtime, precision = run.record.runtime, run.record.precision
-    config = ModelConfig.from_dict(model)
+    config = ModelConfig.from_dict(model, source=f"run config {run.path / 'config.json'}")
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
     model_path = int8_model_of_run(export_model(config, cache_dir), run.config) if precision == "int8" else None
     result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
-                     progress=False, model_path=model_path)
+                     progress=False, model_path=model_path, read_only_ok=True)
     return result, notes
 
 
@@ -422,7 +423,7 @@ def run_ablation(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> d
     """Masked-lung ablation of the run's test images, scored by the run's own head(s)."""
 
     heads = head_locations(run)
-    config = ModelConfig.from_dict(run.model_dict)
+    config = ModelConfig.from_dict(run.model_dict, source=f"run config {run.path / 'config.json'}")
     exported = export_model(config, cache_dir)
     extractor = make_extractor(exported, run.record.runtime, run.record.precision, "cpu",
                                model_path=int8_model_of_run(exported, run.config))
@@ -638,7 +639,8 @@ def build_report(
     if not runs:
         raise UsageError("Expected at least one run (folder or id); got none. Fix: xrayfx report RUN.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise UsageError(f"Expected n_resamples as an integer >= 100; got {n_resamples!r}.")
+        raise UsageError(f"Expected --resamples (n_resamples) as an integer of at least 100; got {n_resamples!r}. "
+                         "Fix: --resamples 2000 (the default), or at least 100.")
     explain_section.check_explain(explain)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir(runs[0])
     loaded = [read_run(r, cache) for r in runs]
@@ -649,6 +651,7 @@ def build_report(
         out = loaded[0].path / "report" if len(loaded) == 1 else (
             cache / "reports" / time.strftime("%Y%m%d-%H%M%S"))
     out = Path(out)
+    require_writable_output(out)
 
     entries = []
     figures: list[figs.Figure] = []

@@ -446,8 +446,13 @@ def layout(data: dict[str, Any], figures: Sequence[Figure]) -> list[Block]:
 # Markdown
 
 
+def _md_text(text: str) -> str:
+    """Text as Markdown shows it literally: HTML (``<script>``, ``&``) is escaped, never rendered."""
+    return html.escape(str(text), quote=False)
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    return _md_text(text).replace("|", "\\|")
 
 
 def _md_cell(cell: Cell) -> str:
@@ -462,22 +467,22 @@ def to_markdown(blocks: list[Block], figure_dir: str = "figures") -> str:
     for blk in blocks:
         kind = blk[0]
         if kind == "h":
-            out.append(f"{'#' * blk[1]} {blk[2]}\n")
+            out.append(f"{'#' * blk[1]} {_md_text(blk[2])}\n")
         elif kind == "p":
-            out.append(f"{blk[1]}\n")
+            out.append(f"{_md_text(blk[1])}\n")
         elif kind == "note":
-            out.append(f"*{blk[1]}*\n")
+            out.append(f"*{_md_text(blk[1])}*\n")
         elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in blk[1]) + "\n")
+            out.append("\n".join(f"- {_md_text(item)}" for item in blk[1]) + "\n")
         elif kind == "table":
             _, caption, headers, rows = blk
-            lines = [f"**{caption}**", "", "| " + " | ".join(_md_escape(h) for h in headers) + " |",
+            lines = [f"**{_md_text(caption)}**", "", "| " + " | ".join(_md_escape(h) for h in headers) + " |",
                      "|" + "|".join("---" for _ in headers) + "|"]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             out.append("\n".join(lines) + "\n")
         elif kind == "figure":
             fig: Figure = blk[1]
-            out.append(f"![{fig.title}]({figure_dir}/{fig.name})\n\n*{fig.caption}*\n")
+            out.append(f"![{_md_text(fig.title)}]({figure_dir}/{fig.name})\n\n*{_md_text(fig.caption)}*\n")
     return "\n".join(out)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xrayfx.datasets import MANIFEST_COLUMNS, read_manifest_csv
+from xrayfx.csvsafe import dict_csv_text, read_manifest_text
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.util import atomic_write_text
 
@@ -134,12 +135,9 @@ def write_manifest(rows: list[Row], path: str | Path) -> Path:
     out = Path(path)
     base = out.resolve().parent
     cols = manifest_columns(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**{c: row.get(c, "") for c in cols}, "path": relative_if_possible(row["path"], base)})
-    atomic_write_text(out, buf.getvalue())
+    text = dict_csv_text(cols, ({**{c: row.get(c, "") for c in cols}, "path": relative_if_possible(row["path"], base)}
+                                for row in rows))
+    atomic_write_text(out, text)
     return out
 
 
@@ -169,13 +167,12 @@ def read_csv_index(path: Path, required: tuple[str, ...], what: str, fix: str) -
     """Rows of a source's own index CSV; DataError if it is missing or lacks a required column."""
     if not path.is_file():
         raise DataError(f"expected {what} at {path}, got no such file; fix: {fix}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c for c in (reader.fieldnames or []) if c is not None]
-        absent = [c for c in required if c not in fields]
-        if absent:
-            raise DataError(
-                f"expected columns {list(required)} in {what} {path}, got {fields} (missing {absent}); "
-                f"fix: {fix}"
-            )
-        return [{k: (v or "") for k, v in r.items() if k} for r in reader]
+    reader = csv.DictReader(io.StringIO(read_manifest_text(path, what), newline=""))
+    fields = [c for c in (reader.fieldnames or []) if c is not None]
+    absent = [c for c in required if c not in fields]
+    if absent:
+        raise DataError(
+            f"expected columns {list(required)} in {what} {path}, got {fields} (missing {absent}); "
+            f"fix: {fix}"
+        )
+    return [{k: (v or "") for k, v in r.items() if k} for r in reader]

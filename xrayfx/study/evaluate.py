@@ -19,8 +19,6 @@ proportions by Wilson.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import shutil
@@ -31,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xrayfx import metrics as M
+from xrayfx.csvsafe import csv_text, read_csv_dicts
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.runs import SPLIT_FILE, Run, check_run_id, load_run, resolve_run
 from xrayfx.data.neardup import hash_cache_path, perceptual_hashes, read_image_hashes
@@ -70,10 +69,9 @@ def _training_side(run: Run) -> Side:
     """The run's training + validation rows (every fold's) from its split.csv, with their perceptual
     hashes from the run's image_hashes.csv (written by fit-head, so nothing is decoded again)."""
     ids: dict[str, str] = {}
-    with open(run.file(SPLIT_FILE), newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if (r.get("part") or r.get("split")) in ("train", "val"):
-                ids[r["image_id"]] = r.get("patient_id", "")
+    for r in read_csv_dicts(run.file(SPLIT_FILE)):
+        if (r.get("part") or r.get("split")) in ("train", "val"):
+            ids[r["image_id"]] = r.get("patient_id", "")
     hash_ids, hashes = read_image_hashes(run.file(IMAGE_HASHES_FILE))
     hash_of = dict(zip(hash_ids, hashes.tolist()))
     keep = [i for i in ids if i in hash_of]
@@ -224,13 +222,12 @@ def evaluate(
 
 def _predictions_csv(scored: Any, overlap: list[str], positive: str, threshold: float) -> str:
     extra = [c for c in scored.columns if c not in LEAD_COLUMNS]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*LEAD_COLUMNS, f"p_{positive}", "predicted", "threshold", "overlap", *extra])
-    for r, g, p, pred, o in zip(scored.records, scored.given, scored.p_pos, scored.predicted, overlap):
-        w.writerow([g, r.image_id, r.label or "", r.get("patient_id"), r.get("source"), repr(float(p)), pred,
-                    repr(float(threshold)), o, *(r.get(c) for c in extra)])
-    return buf.getvalue()
+    return csv_text(
+        [*LEAD_COLUMNS, f"p_{positive}", "predicted", "threshold", "overlap", *extra],
+        [[g, r.image_id, r.label or "", r.get("patient_id"), r.get("source"), repr(float(p)), pred,
+          repr(float(threshold)), o, *(r.get(c) for c in extra)]
+         for r, g, p, pred, o in zip(scored.records, scored.given, scored.p_pos, scored.predicted, overlap)],
+    )
 
 
 def _plain(obj: Any) -> Any:

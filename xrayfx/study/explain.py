@@ -35,7 +35,6 @@ are embedded, scored and dropped.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import time
@@ -45,6 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
 from xrayfx.export import export_model
 from xrayfx.modelconfig import ModelConfig
@@ -368,16 +368,14 @@ class ExplainResult:
 
     def csv_text(self) -> str:
         """One row per image: path, p, decision, deletion-test fields, then the map's cells ``cell_<row>_<col>``."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
         cells = [f"cell_{r}_{c}" for r in range(self.grid) for c in range(self.grid)]
-        w.writerow(["path", f"p_{self.positive}", "predicted", "fill", "auc_top", "auc_random", "auc_difference",
-                    "informative", *cells])
-        for e in self.items:
-            w.writerow([e.path, repr(e.p), self.positive if e.predicted_positive else self.negative, self.fill,
-                        repr(e.auc_top), repr(e.auc_random), repr(e.auc_difference), str(e.informative).lower(),
-                        *(repr(float(v)) for v in e.map.ravel())])
-        return buf.getvalue()
+        return csv_text(
+            ["path", f"p_{self.positive}", "predicted", "fill", "auc_top", "auc_random", "auc_difference",
+             "informative", *cells],
+            [[e.path, repr(e.p), self.positive if e.predicted_positive else self.negative, self.fill,
+              repr(e.auc_top), repr(e.auc_random), repr(e.auc_difference), str(e.informative).lower(),
+              *(repr(float(v)) for v in e.map.ravel())] for e in self.items],
+        )
 
     def faithfulness(self) -> dict[str, Any]:
         """The deletion test per image and on average, JSON-ready."""

@@ -17,8 +17,6 @@ the rows' image ids when none has a patient id), so the split, its leakage check
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +31,7 @@ from xrayfx.data.neardup import (
     near_duplicate_pairs,
     perceptual_hashes,
 )
+from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import UsageError
 from xrayfx.splits import group_codes
 
@@ -94,13 +93,11 @@ class NearDuplicates:
 
     def near_duplicates_csv(self) -> str:
         """CSV text of the links (``near_duplicates.csv``)."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image_id_a", "patient_id_a", "image_id_b", "patient_id_b", "distance", "split_group"])
-        for k in self.links:
-            w.writerow([self.image_ids[k.row_a], self.patient_ids[k.row_a], self.image_ids[k.row_b],
-                        self.patient_ids[k.row_b], k.distance, self.split_ids[k.row_a]])
-        return buf.getvalue()
+        return csv_text(
+            ["image_id_a", "patient_id_a", "image_id_b", "patient_id_b", "distance", "split_group"],
+            [[self.image_ids[k.row_a], self.patient_ids[k.row_a], self.image_ids[k.row_b],
+              self.patient_ids[k.row_b], k.distance, self.split_ids[k.row_a]] for k in self.links],
+        )
 
     def write(self, writer: Any) -> None:
         """Write ``image_hashes.csv`` and ``near_duplicates.csv`` through a :class:`xrayfx.runs.RunWriter`."""

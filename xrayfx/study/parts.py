@@ -14,14 +14,13 @@ computed once here with the run's ``--split-seed`` and ``--val-size``).
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xrayfx.csvsafe import csv_text, dict_rows, read_csv_text
 from xrayfx.exceptions import DataError
 from xrayfx.splits import HOLDOUT_FOLD, PARTS, Split, kfold_parts, read_split, split_summary
 from xrayfx.util import atomic_write_text
@@ -83,14 +82,12 @@ def parts_of(split: Split, *, seed: int, val_size: float) -> FoldParts:
 
 def write_parts(parts: FoldParts, path: str | Path) -> Path:
     """Write ``image_id,patient_id,label,fold,part`` (one row per image per fold), atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    rows = []
     for f, s in parts.folds:
         fold = HOLDOUT_FOLD if f is None else f
-        for row in zip(s.image_id, s.patient_id, s.label, s.split):
-            w.writerow([str(row[0]), str(row[1]), str(row[2]), fold, str(row[3])])
-    atomic_write_text(Path(path), buf.getvalue())
+        rows += [[str(r[0]), str(r[1]), str(r[2]), fold, str(r[3])]
+                 for r in zip(s.image_id, s.patient_id, s.label, s.split)]
+    atomic_write_text(Path(path), csv_text(COLUMNS, rows))  # text cells neutralised against formula injection
     return Path(path)
 
 
@@ -99,12 +96,11 @@ def read_parts(path: str | Path, *, seed: int, val_size: float) -> FoldParts:
     path = Path(path)
     if not path.is_file():
         read_split(path)  # the DataError that names the path
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "part" not in header:
-            return parts_of(read_split(path), seed=seed, val_size=val_size)
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    fields, raw = dict_rows(read_csv_text(path))  # cells restored
+    header = [h.strip() for h in fields]
+    if "part" not in header:
+        return parts_of(read_split(path), seed=seed, val_size=val_size)
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in raw]
     fix = "Fix: use the split.csv of a run, or run without --split."
     missing = [c for c in COLUMNS if c not in header]
     if missing or not rows:

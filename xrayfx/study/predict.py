@@ -9,8 +9,6 @@ of its K heads and the mean of their K thresholds.
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xrayfx.datasets import Dataset, ImageRecord
+from xrayfx.datasets import Dataset, ImageRecord, read_manifest_csv
+from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.runs import Run, load_run, resolve_run
 from xrayfx.study.decision import RULE_ARGMAX, decide, describe
@@ -39,11 +38,7 @@ class PredictResult:
 
     def csv_text(self) -> str:
         """The rows as CSV text with a header."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        w.writerows(self.rows)
-        return buf.getvalue()
+        return csv_text(self.columns, self.rows)  # text cells neutralised against formula injection
 
 
 @dataclass
@@ -81,8 +76,8 @@ def load_heads(run: Run) -> list[Any]:
 
 
 def _manifest_paths(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [(row.get("path") or "").strip() for row in csv.DictReader(f)]
+    """Each row's path exactly as the manifest gives it (read by the one manifest reader)."""
+    return [(row.get("path") or "").strip() for row in read_manifest_csv(path)[1]]
 
 
 def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
@@ -156,12 +151,12 @@ def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, *, dev
 
     record = run.record
     heads = load_heads(run)
-    model = ModelConfig.from_dict(record.model)
+    model = ModelConfig.from_dict(record.model, source=f"run config {run.path / 'config.json'}")
     model_path = int8_model_of_run(export_model(model, data_cache), run.config) if record.precision == "int8" else None
     extracted = extract(
         data=dataset, config=model, cache_dir=data_cache, device=device,
         runtime=record.runtime, precision=record.precision, batch_size=batch_size, workers=workers,
-        progress=progress, log=log, model_path=model_path, keep_degenerate=keep_degenerate,
+        progress=progress, log=log, model_path=model_path, keep_degenerate=keep_degenerate, read_only_ok=True,
     )
     given_of = {id(r): g for r, g in zip(dataset.records, given)}
     bad = {s.image_id for s in extracted.skipped if s.image_id}
@@ -235,5 +230,10 @@ def predict(
 
 def write_stdout(text: str) -> None:
     """Write CSV text to standard output unchanged (no wrapping or markup)."""
-    sys.stdout.write(text)
     sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8", "surrogateescape"))  # non-UTF-8 file names as their bytes
+        buffer.flush()

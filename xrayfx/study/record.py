@@ -193,7 +193,7 @@ def data_record(dataset: Any) -> dict[str, Any]:
 
     listing = "\n".join(f"{rel(r.path)},{r.label or ''},{r.image_id or ''}" for r in dataset.records)
     return {
-        "kind": dataset.kind, "path": str(source), "sha256": sha256_bytes(listing.encode()),
+        "kind": dataset.kind, "path": str(source), "sha256": sha256_bytes(listing.encode("utf-8", "surrogateescape")),
         "sha256_of": "lines 'relative path,label,image id' of every file, in listing order",
     }
 
