@@ -1,0 +1,1 @@
+"""Backbones as models: registry, configuration, export and lower-precision variants."""
