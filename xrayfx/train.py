@@ -79,6 +79,7 @@ PAPER_FLAGS = {
     "momentum": "--momentum",
     "dropout": "--dropout",
     "units": "--units",
+    "trainer": "--trainer",
 }
 #: Patient-bootstrap resamples for the AUROC interval in a run's own metrics.
 BOOTSTRAP_RESAMPLES = 1000

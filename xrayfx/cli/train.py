@@ -63,6 +63,8 @@ def fit_head_cmd(
     dropout: Annotated[Optional[float], typer.Option(
         "--dropout", help="Paper head: dropout (default: the backbone's, see `xrayfx models`).")] = None,
     units: Annotated[Optional[int], typer.Option("--units", help="Paper head: hidden units (128).")] = None,
+    trainer: Annotated[Optional[str], typer.Option(
+        "--trainer", help="Paper head: fast (NumPy, default) | reference (Keras model.fit); same math.")] = None,
 ) -> None:
     """Train a head on a backbone's embeddings (extracting whatever is not cached yet) and write a run.
 
@@ -74,7 +76,8 @@ def fit_head_cmd(
 
     head_params = {
         k: v for k, v in dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                              momentum=momentum, dropout=dropout, units=units).items() if v is not None
+                              momentum=momentum, dropout=dropout, units=units,
+                              trainer=trainer).items() if v is not None
     }
     run = fit_head(
         model, data, weights=weights, seed=seed, preprocess=preprocess, resize=resize, cache_dir=cache_dir,
