@@ -68,7 +68,8 @@ def expected_shift(w: np.ndarray, w_q: np.ndarray, x_mean: np.ndarray, group: in
     out_channels, in_per_group = w.shape[0], w.shape[1]
     group_of = np.arange(out_channels) // (out_channels // group)
     x_by_out = x_mean.reshape(group, in_per_group)[group_of]  # (out, in_per_group)
-    return np.einsum("oi...,oi->o", (w_q - w).astype(np.float64), x_by_out)
+    per_input = (w_q - w).astype(np.float64).reshape(out_channels, in_per_group, -1).sum(axis=2)
+    return np.sum(per_input * x_by_out, axis=1)
 
 
 def correct_biases(
