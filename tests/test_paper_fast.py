@@ -111,3 +111,17 @@ def test_fast_trainer_takes_fresh_rows_each_epoch(data):
 def test_an_unknown_trainer_is_a_usage_error(data):
     with pytest.raises(UsageError, match="fast, reference"):
         make_head("paper", trainer="xla").fit(data[0], data[1])
+
+
+def test_fit_head_trainer_flag_belongs_to_the_paper_head(cxr_subset, capsys, tmp_path):
+    from tests.conftest import run_cli_inprocess
+
+    manifest = cxr_subset(4)
+    code, out, err = run_cli_inprocess(
+        ["fit-head", "--model", "mobilenet", "--data", str(manifest), "--cache-dir", str(tmp_path / "c"),
+         "--head", "logreg", "--trainer", "fast"], capsys)
+    assert code == 2 and "--trainer" in out + err and "--head paper" in out + err
+    code, out, err = run_cli_inprocess(
+        ["fit-head", "--model", "mobilenet", "--data", str(manifest), "--cache-dir", str(tmp_path / "c"),
+         "--trainer", "xla"], capsys)
+    assert code == 2 and "fast, reference" in out + err

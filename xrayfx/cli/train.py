@@ -74,6 +74,10 @@ def fit_head_cmd(
     """
     from xrayfx.train import fit_head
 
+    if trainer is not None:
+        from xrayfx.heads.paper import check_trainer
+
+        check_trainer(trainer)
     head_params = {
         k: v for k, v in dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                               momentum=momentum, dropout=dropout, units=units,

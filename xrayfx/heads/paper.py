@@ -65,6 +65,15 @@ EpochData = Callable[[int], tuple[Any, Any]]
 TRAINERS = ("fast", "reference")
 
 
+def check_trainer(trainer: str) -> None:
+    """Raise UsageError unless ``trainer`` names one of :data:`TRAINERS` (``--trainer``)."""
+    if trainer not in TRAINERS:
+        raise UsageError(
+            f"--trainer (PaperHead trainer) must be one of {', '.join(TRAINERS)}; got {trainer!r}. "
+            "'fast' is the NumPy trainer, 'reference' Keras' model.fit (same math)."
+        )
+
+
 def _keras() -> Any:
     """Import Keras only when a paper head is built (it pulls in TensorFlow)."""
     from xrayfx.util import import_keras_quietly
@@ -146,11 +155,7 @@ class PaperHead(Head):
         for name in ("activity_l1", "activity_l2"):
             if float(getattr(self, name)) < 0.0:
                 raise UsageError(f"PaperHead {name} must be >= 0; got {getattr(self, name)!r}.")
-        if self.trainer not in TRAINERS:
-            raise UsageError(
-                f"PaperHead trainer must be one of {', '.join(TRAINERS)}; got {self.trainer!r}. "
-                "'fast' is the compiled loop, 'reference' Keras' model.fit."
-            )
+        check_trainer(self.trainer)
 
     def _build(self, n_features: int, n_classes: int) -> Any:
         """Input → Dropout → Dense(units, ReLU) → BatchNorm → Dense(n_classes, softmax), compiled."""
