@@ -286,17 +286,20 @@ class PaperHead(Head):
         epochs = int(self.epochs)
         Y, W = self._one_hot(codes), row_weights(codes)
         history = []
-        for e in range(epochs):
-            if epoch_data is not None:
-                X, Y = self._epoch_rows(epoch_data, e)
-                W = row_weights(np.argmax(Y, axis=1))
-            loss, acc, val_loss, val_acc = trainer.epoch(X, Y, W, val)
-            logs = {"loss": loss, "accuracy": acc}
-            if val is not None:
-                logs.update(val_loss=val_loss, val_accuracy=val_acc)
-            history.append(self._epoch_row(e, logs))
-            if int(self.verbose):
-                print(f"Epoch {e + 1}/{epochs} " + " ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        # BLAS held to one thread for the whole fit (setting the limit takes milliseconds).
+        with paper_fast.one_blas_thread():
+            for e in range(epochs):
+                if epoch_data is not None:
+                    X, Y = self._epoch_rows(epoch_data, e)
+                    W = row_weights(np.argmax(Y, axis=1))
+                loss, acc, val_loss, val_acc = trainer.epoch(X, Y, W, val)
+                logs = {"loss": loss, "accuracy": acc}
+                if val is not None:
+                    logs.update(val_loss=val_loss, val_accuracy=val_acc)
+                history.append(self._epoch_row(e, logs))
+                if int(self.verbose):
+                    print(f"Epoch {e + 1}/{epochs} " + " ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
+                          flush=True)
         paper_fast.set_keras_weights(model, trainer.weights())
         return history
 

@@ -110,6 +110,13 @@ def settings_of(model: Any, head: Any, validation_batch: int) -> FastSettings:
     )
 
 
+def one_blas_thread() -> Any:
+    """Context manager holding BLAS to one thread (8-row products only lose time to threading)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class FastTrainer:
     """SGD with momentum on the paper's head, one epoch per :meth:`epoch` call.
 
@@ -146,9 +153,10 @@ class FastTrainer:
         self, X: np.ndarray, Y: np.ndarray, row_weight: np.ndarray,
         validation: tuple[np.ndarray, np.ndarray] | None,
     ) -> tuple[float, float, float | None, float | None]:
-        """Train one epoch on (X, one-hot Y); return loss, accuracy, val_loss, val_accuracy."""
-        from threadpoolctl import threadpool_limits
+        """Train one epoch on (X, one-hot Y); return loss, accuracy, val_loss, val_accuracy.
 
+        Call it inside :func:`one_blas_thread` (entering that costs milliseconds: once per fit).
+        """
         s = self.s
         n = X.shape[0]
         perm = self.rng.permutation(n)
@@ -161,13 +169,12 @@ class FastTrainer:
         codes = np.argmax(Ye, axis=1)
         loss_sum = 0.0
         hits = 0
-        with threadpool_limits(limits=1, user_api="blas"):
-            for start in range(0, n, s.batch_size):
-                stop = min(start + s.batch_size, n)
-                loss, correct = self._step(Xe[start:stop], Ye[start:stop], We[start:stop], codes[start:stop])
-                loss_sum += loss * (stop - start)
-                hits += correct
-            val = self.evaluate(*validation) if validation is not None else (None, None)
+        for start in range(0, n, s.batch_size):
+            stop = min(start + s.batch_size, n)
+            loss, correct = self._step(Xe[start:stop], Ye[start:stop], We[start:stop], codes[start:stop])
+            loss_sum += loss * (stop - start)
+            hits += correct
+        val = self.evaluate(*validation) if validation is not None else (None, None)
         return loss_sum / n, hits / n, val[0], val[1]
 
     def evaluate(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
@@ -217,8 +224,6 @@ class FastTrainer:
 
     def _step(self, x: np.ndarray, y: np.ndarray, sw: np.ndarray, codes: np.ndarray) -> tuple[float, int]:
         """Forward, backward and SGD update on one batch; return its loss and correct count."""
-        from scipy.linalg.blas import sgemm
-
         s, w, g = self.s, self.w, self.g
         n = x.shape[0]
         inv_n = np.float32(1.0 / n)
@@ -250,7 +255,7 @@ class FastTrainer:
 
         m, lr = np.float32(s.momentum), np.float32(s.learning_rate)
         # kernel1: V = m V - lr x^T dz1 in one BLAS call, then W += V.
-        self.v1 = sgemm(-lr, x, dz1, beta=m, c=self.v1, trans_a=1, overwrite_c=1)
+        self.v1 = _sgemm()(-lr, x, dz1, beta=m, c=self.v1, trans_a=1, overwrite_c=1)
         w["kernel1"] += self.v1
         self.flat_v *= m
         self.flat_v -= lr * self.flat_g
@@ -259,6 +264,13 @@ class FastTrainer:
         w["moving_mean"] += (mean - w["moving_mean"]) * one_minus
         w["moving_var"] += (var - w["moving_var"]) * one_minus
         return loss, correct
+
+
+def _sgemm() -> Any:
+    """scipy's single-precision BLAS matrix product (C = alpha op(A) op(B) + beta C, in place)."""
+    from scipy.linalg.blas import sgemm
+
+    return sgemm
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
