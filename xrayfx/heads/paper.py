@@ -98,7 +98,7 @@ class PaperHead(Head):
     verbose : Keras' progress output (0 silent).
     class_weight : None, "balanced" or {label: weight}; passed to Keras as loss
         weights per class (``--balance class-weight``).
-    trainer : "fast" (default: all epochs in one XLA-compiled loop,
+    trainer : "fast" (default: the NumPy trainer,
         :mod:`xrayfx.heads.paper_fast`) or "reference" (Keras ``model.fit``). Same
         model, same math, same history and saved file; they differ only in the
         random streams of shuffling and dropout (see :mod:`xrayfx.heads.paper_fast`).
