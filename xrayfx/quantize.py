@@ -16,7 +16,13 @@ int8: static QDQ, the way it stays faster than fp32
 * Weights int8, symmetric, **per output channel**; activations uint8 asymmetric,
   one range per tensor (what onnxruntime's QLinearConv takes), QDQ format so the
   graph stays a plain ONNX graph that onnxruntime fuses into integer kernels.
-* Ranges come from **real radiographs** (at most :data:`MAX_CALIBRATION_IMAGES`),
+* **Bias correction** (:mod:`xrayfx.models.bias_correction`): each Conv bias is
+  corrected for the mean shift its weights' int8 rounding causes. Without it
+  MobileNet's int8 embedding had cosine 0.94 to fp32 and Lite0's 0.97 (issue 14;
+  the error is in the weights, not the activation ranges: 16-bit activations did
+  not help, 16-bit weights did). The recipe (:class:`Int8Recipe`) is recorded in
+  the sidecar and hashed into the variant's file name and cache group.
+* Ranges come from **real radiographs** (64 by default, at most :data:`MAX_CALIBRATION_IMAGES`),
   by min/max. The calibration session computes every intermediate tensor of a
   batch at once (about 0.6 GB per image for DenseNet201), so batches are small
   (:data:`CALIBRATION_BATCH`) and ranges are merged after every batch
@@ -63,8 +69,10 @@ from xrayfx.images import load_image
 from xrayfx.modelconfig import ExportedModel, sidecar_path
 from xrayfx.util import atomic_write_json, library_versions, read_json, sha256_file, sha256_json, verify_sha256
 
-#: Most radiographs a calibration uses (more adds time, not accuracy, for min/max ranges).
-MAX_CALIBRATION_IMAGES = 64
+#: Most radiographs a calibration may use (256 was measured: no gain over 64 for min/max ranges).
+MAX_CALIBRATION_IMAGES = 256
+#: Radiographs a calibration uses by default.
+DEFAULT_CALIBRATION_IMAGES = 64
 #: Images per calibration batch: ranges are merged after each one. The calibration
 #: session holds every intermediate tensor of a batch at once (about 0.6 GB per image
 #: for DenseNet201: 4.9 GB at batch 8, 1.4 GB at batch 2), so the batch sets the memory.
@@ -76,7 +84,43 @@ INT8_SETTINGS: dict[str, Any] = {
     "activations": "uint8 asymmetric, per tensor",
     "calibration": "MinMax, merged after every batch (CalibStridedMinMax=1)",
     "pre_process": "onnxruntime quant_pre_process (graph optimisation, BatchNorm folded into Conv)",
+    "bias_correction": "Conv biases corrected for the weights' int8 rounding (xrayfx.models.bias_correction)",
 }
+#: Node kinds an int8 recipe may keep in float (``Int8Recipe.keep_float``).
+FLOAT_NODE_KINDS = ("first-conv", "depthwise", "last-conv")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How an int8 variant is made; its settings go into the sidecar and the variant's name.
+
+    The default is the recipe measured best on the real-weight backbones in
+    issue 14 (benchmarks/RESULTS.md): MinMax ranges from 64 radiographs,
+    per-channel weights, full int8 range, every node quantised, and **bias
+    correction**, which is what keeps MobileNet's and Lite0's embeddings.
+    """
+
+    method: str = "MinMax"  # MinMax | Entropy | Percentile
+    per_channel: bool = True
+    reduce_range: bool = False
+    bias_correction: bool = True
+    keep_float: tuple[str, ...] = ()  # of FLOAT_NODE_KINDS
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as JSON (recorded in the sidecar and hashed into the variant's id)."""
+        return {"method": self.method, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
+                "bias_correction": self.bias_correction, "keep_float": list(self.keep_float)}
+
+    def check(self) -> None:
+        """Raise UsageError for an unknown calibration method or node kind."""
+        if self.method not in ("MinMax", "Entropy", "Percentile"):
+            raise UsageError(f"int8 calibration method must be MinMax, Entropy or Percentile; got {self.method!r}")
+        unknown = [k for k in self.keep_float if k not in FLOAT_NODE_KINDS]
+        if unknown:
+            raise UsageError(f"int8 keep_float takes {', '.join(FLOAT_NODE_KINDS)}; got {unknown!r}")
+
+
+DEFAULT_INT8_RECIPE = Int8Recipe()
 
 
 @dataclass(frozen=True)
@@ -89,9 +133,13 @@ class VariantModel:
 
     @property
     def cache_precision(self) -> str:
-        """The precision tag of this variant's cache group ('int8-<calibration hash12>' or 'fp16')."""
+        """The precision tag of this variant's cache group ('int8-<variant id12>' or 'fp16').
+
+        The id hashes the calibration set and the recipe, so embeddings of int8
+        models made another way (an older recipe included) never share a group.
+        """
         if self.precision == "int8":
-            return f"int8-{self.sidecar['calibration']['ids_sha256'][:12]}"
+            return f"int8-{int8_variant_id(self.sidecar)[:12]}"
         return self.precision
 
 
@@ -99,7 +147,7 @@ class VariantModel:
 
 
 def calibration_images(
-    data: Any, prep: Any, n: int = MAX_CALIBRATION_IMAGES, workers: int = 2
+    data: Any, prep: Any, n: int = DEFAULT_CALIBRATION_IMAGES, workers: int = 2
 ) -> tuple[list[str], np.ndarray]:
     """The first ``n`` decodable images of a folder, manifest or :class:`~xrayfx.datasets.Dataset`.
 
@@ -161,9 +209,19 @@ class _BatchReader:
 # ------------------------------------------------------------------------------------ int8
 
 
-def int8_path(exported: ExportedModel, ids_sha256: str) -> Path:
-    """Where the int8 variant of an export, calibrated on a given set, is registered."""
-    return exported.path.with_name(f"{exported.path.stem}-int8-{ids_sha256[:12]}.onnx")
+def int8_id(ids_sha256: str, recipe: Int8Recipe) -> str:
+    """sha256 naming an int8 variant: its calibration set and its recipe."""
+    return sha256_json({"calibration_ids_sha256": ids_sha256, "recipe": recipe.settings()})
+
+
+def int8_variant_id(sidecar: dict[str, Any]) -> str:
+    """The id of a registered int8 variant (older sidecars, without a recipe: their calibration hash)."""
+    return str(sidecar.get("variant_sha256") or sidecar["calibration"]["ids_sha256"])
+
+
+def int8_path(exported: ExportedModel, variant_sha256: str) -> Path:
+    """Where the int8 variant of an export with a given id (:func:`int8_id`) is registered."""
+    return exported.path.with_name(f"{exported.path.stem}-int8-{variant_sha256[:12]}.onnx")
 
 
 def fp16_path(exported: ExportedModel) -> Path:
@@ -184,12 +242,12 @@ def load_variant(path: Path, exported: ExportedModel, verify: bool = False) -> V
     return VariantModel(path=path, sidecar=sidecar, precision=str(sidecar.get("precision")))
 
 
-def registered_int8(exported: ExportedModel) -> list[VariantModel]:
-    """Every int8 variant registered for this export (one per calibration set), oldest first."""
+def registered_int8(exported: ExportedModel, recipe: Int8Recipe = DEFAULT_INT8_RECIPE) -> list[VariantModel]:
+    """Every int8 variant of this export made with ``recipe`` (one per calibration set), oldest first."""
     found = []
     for path in sorted(exported.path.parent.glob(f"{exported.path.stem}-int8-*.onnx")):
         v = load_variant(path, exported)
-        if v is not None and v.precision == "int8":
+        if v is not None and v.precision == "int8" and v.sidecar.get("recipe") == recipe.settings():
             found.append(v)
     return sorted(found, key=lambda v: v.sidecar.get("created", ""))
 
@@ -201,11 +259,12 @@ def quantize_int8(
     *,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    recipe: Int8Recipe = DEFAULT_INT8_RECIPE,
 ) -> VariantModel:
-    """Static QDQ int8 variant of an export, calibrated on ``images`` (registered once per set).
+    """Static QDQ int8 variant of an export, calibrated on ``images`` (registered once per set and recipe).
 
-    ``images`` is a uint8 (n, h, w, 3) batch of real radiographs, n <= 64, with one
-    image id per image; see the module docstring for the settings and why.
+    ``images`` is a uint8 (n, h, w, 3) batch of real radiographs, n <= 256, with one
+    image id per image; see the module docstring and :class:`Int8Recipe` for the settings.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -220,8 +279,10 @@ def quantize_int8(
             f"calibration takes 1..{MAX_CALIBRATION_IMAGES} radiographs; got {len(images)}. "
             "Pass fewer (the first 64 are plenty for min/max ranges)."
         )
+    recipe.check()
     ids_sha = calibration_hash(image_ids)
-    out = int8_path(exported, ids_sha)
+    variant_sha = int8_id(ids_sha, recipe)
+    out = int8_path(exported, variant_sha)
     if not force and (existing := load_variant(out, exported)) is not None:
         return existing
     verify_sha256(exported.path, exported.sidecar["onnx_sha256"], what="ONNX model")
@@ -233,20 +294,31 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix=".xrayfx-int8-", dir=out.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(exported.path), str(pre), skip_symbolic_shape=True)
+        if recipe.bias_correction:
+            from xrayfx.models.bias_correction import correct_biases
+
+            corrected = Path(tmp) / "bias-corrected.onnx"
+            correct_biases(pre, corrected, images, input_name, CALIBRATION_BATCH,
+                           per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)
+            pre = corrected
         staged = Path(tmp) / "int8.onnx"
         quantize_static(
             str(pre),
             str(staged),
             _BatchReader(images, input_name, CALIBRATION_BATCH),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibStridedMinMax": 1},
+            calibrate_method=getattr(CalibrationMethod, recipe.method),
+            nodes_to_exclude=float_nodes(pre, recipe.keep_float),
+            extra_options={"CalibStridedMinMax": 1} if recipe.method == "MinMax" else {},
         )
         sidecar = _variant_sidecar(exported, staged, out, "int8")
-        sidecar["quantization"] = dict(INT8_SETTINGS)
+        sidecar["quantization"] = _recipe_description(recipe)
+        sidecar["recipe"] = recipe.settings()
+        sidecar["variant_sha256"] = variant_sha
         sidecar["calibration"] = {
             "n_images": len(image_ids),
             "ids_sha256": ids_sha,
@@ -258,6 +330,37 @@ def quantize_int8(
         os.replace(staged, out)
     atomic_write_json(sidecar_path(out), sidecar)
     return VariantModel(path=out, sidecar=sidecar, precision="int8")
+
+
+def float_nodes(model_path: Path, kinds: Sequence[str]) -> list[str]:
+    """Names of the Conv nodes of the given kinds (:data:`FLOAT_NODE_KINDS`) in an ONNX file."""
+    if not kinds:
+        return []
+    import onnx
+
+    convs = [n for n in onnx.load(str(model_path)).graph.node if n.op_type == "Conv"]
+    names: list[str] = []
+    if "first-conv" in kinds and convs:
+        names.append(convs[0].name)
+    if "last-conv" in kinds and convs:
+        names.append(convs[-1].name)
+    if "depthwise" in kinds:
+        names += [n.name for n in convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    return list(dict.fromkeys(names))
+
+
+def _recipe_description(recipe: Int8Recipe) -> dict[str, Any]:
+    """INT8_SETTINGS as this recipe made them (for the sidecar)."""
+    out = dict(INT8_SETTINGS)
+    out["weights"] = "int8 symmetric, " + ("per output channel" if recipe.per_channel else "per tensor") + (
+        ", reduced range [-64, 64]" if recipe.reduce_range else "")
+    if recipe.method != "MinMax":
+        out["calibration"] = f"{recipe.method} (onnxruntime calibrator)"
+    if not recipe.bias_correction:
+        del out["bias_correction"]
+    if recipe.keep_float:
+        out["kept_float"] = list(recipe.keep_float)
+    return out
 
 
 def ensure_int8(

@@ -18,6 +18,7 @@ DeviceName = Literal["cpu", "cuda", "tensorrt", "auto"]  # xrayfx.extractor.DEVI
 PreprocessName = Literal["imagenet", "paper"]  # xrayfx.registry.PREPROCESS_OPTIONS
 ResizeName = Literal["stretch", "crop"]  # xrayfx.registry.RESIZE_OPTIONS
 HeadName = Literal["paper", "logreg", "linear-svm", "rbf-svm", "knn"]  # xrayfx.heads.HEADS
+TrainerName = Literal["fast", "reference"]  # xrayfx.heads.paper.TRAINERS
 BalanceName = Literal["smote", "random", "class-weight", "none"]  # xrayfx.balance.BALANCE_METHODS
 NormalSourceName = Literal["kermany", "mooney", "nih", "nih+cohen"]  # xrayfx.sources.paper.NORMAL_SOURCES
 

@@ -20,6 +20,7 @@ from xrayfx.cli.options import (
     Preprocess,
     Resize,
     Seed,
+    TrainerName,
     Weights,
     cache_dir_callback,
 )
@@ -83,6 +84,8 @@ def fit_head_cmd(
     units: Annotated[Optional[int], typer.Option("--units", help="Paper head: hidden units (128).")] = None,
     keep_degenerate: KeepDegenerate = False,
     bit_depth: BitDepth = None,
+    trainer: Annotated[Optional[TrainerName], typer.Option(
+        "--trainer", help="Paper head: fast (NumPy, default) or reference (Keras model.fit); same math.")] = None,
 ) -> None:
     """Train a head on a backbone's embeddings (extracting whatever is not cached yet) and write a run.
 
@@ -98,7 +101,7 @@ def fit_head_cmd(
     options = HeadOptions(
         head=head, epochs=epochs, batch_size=head_batch_size if head_batch_size is not None else batch_size_deprecated,
         learning_rate=learning_rate, momentum=momentum, dropout=dropout, units=units, balance=balance,
-        k_neighbors=k_neighbors, augment=augment, train_seed=train_seed,
+        k_neighbors=k_neighbors, augment=augment, train_seed=train_seed, trainer=trainer,
     )
     run = fit_head(
         model, data, weights=weights, seed=seed, preprocess=preprocess, resize=resize, cache_dir=cache_dir,

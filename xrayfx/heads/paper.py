@@ -62,6 +62,18 @@ _VALIDATION_BATCH = 1024
 
 EpochData = Callable[[int], tuple[Any, Any]]
 
+#: The trainers of the paper's head (``--trainer``); the first is the default.
+TRAINERS = ("fast", "reference")
+
+
+def check_trainer(trainer: str) -> None:
+    """Raise UsageError unless ``trainer`` names one of :data:`TRAINERS` (``--trainer``)."""
+    if trainer not in TRAINERS:
+        raise UsageError(
+            f"--trainer (PaperHead trainer) must be one of {', '.join(TRAINERS)}; got {trainer!r}. "
+            "'fast' is the NumPy trainer, 'reference' Keras' model.fit (same math)."
+        )
+
 
 def _keras() -> Any:
     """Import Keras only when a paper head is built (it pulls in TensorFlow)."""
@@ -85,6 +97,10 @@ class PaperHead(Head):
     verbose : Keras' progress output (0 silent).
     class_weight : None, "balanced" or {label: weight}; passed to Keras as loss
         weights per class (``--balance class-weight``).
+    trainer : "fast" (default: the NumPy trainer,
+        :mod:`xrayfx.heads.paper_fast`) or "reference" (Keras ``model.fit``). Same
+        model, same math, same history and saved file; they differ only in the
+        random streams of shuffling and dropout (see :mod:`xrayfx.heads.paper_fast`).
     """
 
     _dtype = np.float32
@@ -102,6 +118,7 @@ class PaperHead(Head):
         seed: int = 0,
         verbose: int = 0,
         class_weight: str | dict | None = None,
+        trainer: str = "fast",
     ):
         self.dropout = dropout
         self.units = units
@@ -114,6 +131,7 @@ class PaperHead(Head):
         self.seed = seed
         self.verbose = verbose
         self.class_weight = class_weight
+        self.trainer = trainer
 
     # ------------------------------------------------------------------ build
     def _check_params(self) -> None:
@@ -136,6 +154,7 @@ class PaperHead(Head):
         for name in ("activity_l1", "activity_l2"):
             if float(getattr(self, name)) < 0.0:
                 raise UsageError(f"PaperHead {name} must be >= 0; got {getattr(self, name)!r}.")
+        check_trainer(self.trainer)
 
     def _build(self, n_features: int, n_classes: int) -> Any:
         """Input → Dropout → Dense(units, ReLU) → BatchNorm → Dense(n_classes, softmax), compiled."""
@@ -214,6 +233,10 @@ class PaperHead(Head):
         keras = _keras()
         keras.utils.set_random_seed(int(self.seed))
         model = self._build(X.shape[1], len(self.classes_))
+        if self.trainer == "fast":
+            self.history_ = self._fit_fast(model, X, codes, val, epoch_data, class_weight)
+            self.model_ = model
+            return self
         fit_kwargs = dict(
             batch_size=int(self.batch_size),
             validation_data=val,
@@ -237,6 +260,47 @@ class PaperHead(Head):
         self.model_ = model
         self.history_ = history
         return self
+
+    def _fit_fast(
+        self,
+        model: Any,
+        X: np.ndarray,
+        codes: np.ndarray,
+        val: tuple[np.ndarray, np.ndarray] | None,
+        epoch_data: EpochData | None,
+        class_weight: dict[int, float] | None,
+    ) -> list[dict[str, Any]]:
+        """Train ``model`` in place with :class:`~xrayfx.heads.paper_fast.FastTrainer`; return the history."""
+        from xrayfx.heads import paper_fast
+
+        trainer = paper_fast.FastTrainer(
+            paper_fast.settings_of(model, self, _VALIDATION_BATCH), paper_fast.keras_weights(model), int(self.seed)
+        )
+
+        def row_weights(c: np.ndarray) -> np.ndarray:
+            if class_weight is None:
+                return np.ones(len(c), np.float32)
+            return np.array([class_weight.get(int(k), 1.0) for k in c], np.float32)
+
+        epochs = int(self.epochs)
+        Y, W = self._one_hot(codes), row_weights(codes)
+        history = []
+        # BLAS held to one thread for the whole fit (setting the limit takes milliseconds).
+        with paper_fast.one_blas_thread():
+            for e in range(epochs):
+                if epoch_data is not None:
+                    X, Y = self._epoch_rows(epoch_data, e)
+                    W = row_weights(np.argmax(Y, axis=1))
+                loss, acc, val_loss, val_acc = trainer.epoch(X, Y, W, val)
+                logs = {"loss": loss, "accuracy": acc}
+                if val is not None:
+                    logs.update(val_loss=val_loss, val_accuracy=val_acc)
+                history.append(self._epoch_row(e, logs))
+                if int(self.verbose):
+                    print(f"Epoch {e + 1}/{epochs} " + " ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
+                          flush=True)
+        paper_fast.set_keras_weights(model, trainer.weights())
+        return history
 
     def _epoch_rows(self, epoch_data: EpochData, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Call ``epoch_data(epoch)`` and check what it gave; return (X, one-hot y)."""

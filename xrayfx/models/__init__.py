@@ -1,1 +1,1 @@
-"""Backbones and their models: the registry of ONNX files added to a cache."""
+"""Models layer: backbone registry, model configuration, export, added ONNX backbones, lower-precision variants."""

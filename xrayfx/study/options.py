@@ -23,6 +23,7 @@ PAPER_FLAGS = {
     "momentum": "--momentum",
     "dropout": "--dropout",
     "units": "--units",
+    "trainer": "--trainer",
 }
 
 
@@ -57,6 +58,7 @@ class HeadOptions:
     momentum: float | None = None
     dropout: float | None = None
     units: int | None = None
+    trainer: str | None = None  # the paper head's trainer: "fast" (default) or "reference"
     balance: str = "smote"
     k_neighbors: int = 5
     augment: int = 0
