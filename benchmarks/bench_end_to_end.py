@@ -2,7 +2,7 @@
 
 * **bare**: the onnxruntime fp32 extractor on already decoded, resized uint8
   batches of 32 in memory;
-* **end to end**: ``xrayfx.pipeline.extract`` on the files, into a fresh cache
+* **end to end**: ``xrayfx.extraction.pipeline.extract`` on the files, into a fresh cache
   (hash every file, decode, resize, normalise and infer, write the zarr
   chunks), timed wall-clock from the call to its return.
 
@@ -64,7 +64,7 @@ def bare_rate(extractor, images: np.ndarray, batch: int = 32) -> float:
 
 
 def decode_all(paths: list[str], prep, workers: int = 2) -> tuple[np.ndarray, float]:
-    from xrayfx.images import load_image
+    from xrayfx.data.images import load_image
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -73,7 +73,7 @@ def decode_all(paths: list[str], prep, workers: int = 2) -> tuple[np.ndarray, fl
 
 
 def decode_ms_one_core(paths: list[str], prep) -> float:
-    from xrayfx.images import load_image
+    from xrayfx.data.images import load_image
 
     times = []
     for p in paths:
@@ -94,11 +94,11 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
-    from xrayfx.datasets import ImageRecord
-    from xrayfx.export import export_model
-    from xrayfx.modelconfig import model_config
-    from xrayfx.pipeline import _extract_missing, extract, open_cache
-    from xrayfx.runtimes import make_extractor
+    from xrayfx.data.manifest import ImageRecord
+    from xrayfx.models.export import export_model
+    from xrayfx.models.config import model_config
+    from xrayfx.extraction.pipeline import _extract_missing, extract, open_cache
+    from xrayfx.inference.runtimes import make_extractor
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

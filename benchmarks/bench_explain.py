@@ -27,8 +27,9 @@ def scorer_for(model: str, cache_dir: Path, fit_paths: list[str]):
     """A RunScorer over a fresh export of ``model`` and a logreg head fitted on ``fit_paths`` (covid vs normal)."""
     from sklearn.linear_model import LogisticRegression
 
-    from xrayfx.export import export_model, model_config
-    from xrayfx.runtimes import make_extractor
+    from xrayfx.models.config import model_config
+    from xrayfx.models.export import export_model
+    from xrayfx.inference.runtimes import make_extractor
     from xrayfx.study.explain import RunScorer, decoded, network_batch
 
     weights = str(MOBILENET_WEIGHTS) if model == "mobilenet" else ("imagenet" if model == "efficientnet-lite0"

@@ -28,9 +28,9 @@ from _bench_common import PAPER_MODELS, calibration_and_held_out, machine_line, 
 
 QUANTISE = """
 import json, sys
-from xrayfx.export import export_model
-from xrayfx.modelconfig import model_config
-from xrayfx.quantize import ensure_int8
+from xrayfx.models.export import export_model
+from xrayfx.models.config import model_config
+from xrayfx.models.quantize import ensure_int8
 c = model_config(sys.argv[1], 'none', 0)
 v = ensure_int8(export_model(c, sys.argv[2]), calibration=sys.argv[3])
 print(json.dumps({'file': v.path.name, 'seconds': v.sidecar['seconds'], 'peak_rss_mb': v.sidecar['peak_rss_mb'],

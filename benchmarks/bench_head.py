@@ -41,7 +41,7 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 def embeddings(cache_dir: Path):
     """Embeddings, labels and patients of the adult-only composition (extracted once into the cache)."""
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     rows = [r for r in shared_rows() if (r["source"], r["label"]) in (("cohen", "covid"), ("nih", "normal"))]
     manifest = write_rows(cache_dir / "manifests" / "adult-covid-vs-nih.csv", rows)
@@ -51,8 +51,8 @@ def embeddings(cache_dir: Path):
 
 
 def fit_once(trainer: str, X, y, val, epochs: int, seed: int):
-    from xrayfx.heads import make_head
-    from xrayfx.registry import get_spec
+    from xrayfx.study.heads import make_head
+    from xrayfx.models.registry import get_spec
 
     head = make_head("paper", trainer=trainer, epochs=epochs, seed=seed, dropout=get_spec("mobilenet").dropout)
     w0, c0 = time.perf_counter(), time.process_time()
@@ -72,7 +72,7 @@ def main() -> int:
         ap.error(f"--repeats and --epochs must be >= 1; got {args.repeats}, {args.epochs}")
     from sklearn.metrics import roc_auc_score
 
-    from xrayfx.splits import make_holdout_split
+    from xrayfx.study.splits import make_holdout_split
 
     load_start = os.getloadavg()
     ids, X, labels, patients = embeddings(Path(args.cache_dir))

@@ -16,7 +16,7 @@ radiographs against the NIH normals of ../shared/data/cxr, split by patient
   the ratio of the medians is reported (the machine is shared: absolute numbers
   move, ratios measured together much less).
 
-int8 variants: the default recipe (``xrayfx.quantize.DEFAULT_INT8_RECIPE``:
+int8 variants: the default recipe (``xrayfx.models.quantize.DEFAULT_INT8_RECIPE``:
 MinMax ranges, per-channel weights, bias correction) and, with ``--recipes all``
 (the default), one change at a time: no bias correction (the recipe before issue
 14), Entropy and Percentile calibration, 256 calibration images instead of 64,
@@ -92,8 +92,8 @@ def build_variants(exported, images, ids, train, recipes: list[str], log) -> tup
 
     import onnxruntime as ort
 
-    from xrayfx.quantize import DEFAULT_INT8_RECIPE, ensure_fp16, quantize_int8
-    from xrayfx.runtimes import make_extractor
+    from xrayfx.models.quantize import DEFAULT_INT8_RECIPE, ensure_fp16, quantize_int8
+    from xrayfx.inference.runtimes import make_extractor
 
     fns = {"onnxruntime fp32": make_extractor(exported, "onnxruntime", "fp32", "cpu")}
     made = {}
@@ -117,12 +117,12 @@ def build_variants(exported, images, ids, train, recipes: list[str], log) -> tup
 
 
 def fidelity(model: str, weights: str, rows: list[dict], cache_dir: Path, args) -> dict:
-    from xrayfx.export import export_model
-    from xrayfx.modelconfig import model_config
-    from xrayfx.heads import make_head
-    from xrayfx.images import load_image
+    from xrayfx.models.export import export_model
+    from xrayfx.models.config import model_config
+    from xrayfx.study.heads import make_head
+    from xrayfx.data.images import load_image
     from xrayfx.metrics import bootstrap_auroc
-    from xrayfx.splits import make_holdout_split
+    from xrayfx.study.splits import make_holdout_split
     from xrayfx.util import sha256_file
 
     config = model_config(model, weights)

@@ -88,7 +88,7 @@ def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
 
 
 def _config():
-    from xrayfx.modelconfig import model_config
+    from xrayfx.models.config import model_config
 
     return model_config("mobilenet", weights=str(WEIGHTS))
 
@@ -103,7 +103,7 @@ def _fresh_cache(base: Path, name: str) -> Path:
 
 def _time_extract(manifest: Path, cache: Path, scheduler: str | None) -> tuple[float, int, int]:
     """Seconds, images embedded (unique) and inputs of one cold extract run."""
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     t0 = time.perf_counter()
     res = extract(data=manifest, config=_config(), cache_dir=cache, progress=False, scheduler=scheduler)
@@ -118,7 +118,7 @@ def _session_options(intra_op_threads: int | None = None, spinning: bool = True)
     """In-process runs with a changed onnxruntime session (diagnostic rows only; xrayfx itself is untouched)."""
     import onnxruntime as ort
 
-    import xrayfx.pipeline as pipeline
+    import xrayfx.extraction.pipeline as pipeline
 
     real_make, real_options = pipeline.make_extractor, ort.SessionOptions
 
@@ -188,7 +188,7 @@ def _child_peak(n: int, work: Path) -> None:
     """In a fresh process: one local:2 run over n images; print the client's memory peaks as JSON."""
     import tracemalloc
 
-    import xrayfx.distributed as xd
+    import xrayfx.extraction.distributed as xd
 
     manifest = _manifest(_rows(n), work / f"peak-{n}.csv")
     real = xd.extract_missing_distributed
@@ -330,7 +330,7 @@ def main() -> None:
         return
     if not WEIGHTS.exists() or not (CXR / "manifest.csv").exists():
         sys.exit(f"needs {WEIGHTS} and {CXR / 'manifest.csv'} (../shared beside the repository)")
-    from xrayfx.export import export_model
+    from xrayfx.models.export import export_model
 
     export_model(_config(), args.work / "export")
     load = os.getloadavg()[0]

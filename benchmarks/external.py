@@ -51,7 +51,7 @@ import numpy as np
 
 from xrayfx import metrics as M
 from xrayfx.data.neardup import hash_cache_path, near_duplicate_pairs, perceptual_hashes
-from xrayfx.splits import group_codes
+from xrayfx.study.splits import group_codes
 from xrayfx.study.groups import cross_group_pairs, merge_linked_groups
 from xrayfx.util import sha256_file
 

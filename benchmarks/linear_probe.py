@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 
-from xrayfx.heads import make_head
+from xrayfx.study.heads import make_head
 from xrayfx.metrics import bootstrap_auroc, roc_auc
-from xrayfx.pipeline import extract
-from xrayfx.splits import make_holdout_split
+from xrayfx.extraction.pipeline import extract
+from xrayfx.study.splits import make_holdout_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CXR = ROOT.parent / "shared" / "data" / "cxr"

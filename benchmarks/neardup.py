@@ -37,7 +37,7 @@ from xrayfx.data.neardup import (
     perceptual_hash_image,
     perceptual_hashes,
 )
-from xrayfx.images import decode_image, decode_image_bytes
+from xrayfx.data.images import decode_image, decode_image_bytes
 from xrayfx.util import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@
 2. per backbone: export to ONNX (reused when ``--cache-dir`` already holds it;
    its export time is then read from the sidecar, where it was measured when it
    was made), extract every image into an empty embedding cache, and train the
-   paper's head (``xrayfx.train.fit_head``: patient-grouped split, SMOTE on the
+   paper's head (``xrayfx.study.fit.fit_head``: patient-grouped split, SMOTE on the
    training part, 100 epochs at batch 8);
 3. build the report of the four runs (``xrayfx.report.build_report``);
 4. again with the cache warm (new heads, same embeddings): what a second study
@@ -53,9 +53,9 @@ PAPER_WAY = r"""
 import json, sys, time
 import numpy as np
 from concurrent.futures import ThreadPoolExecutor
-from xrayfx.export import build_keras_backbone
-from xrayfx.modelconfig import model_config
-from xrayfx.images import load_image
+from xrayfx.models.export import build_keras_backbone
+from xrayfx.models.config import model_config
+from xrayfx.data.images import load_image
 from xrayfx.util import import_keras_quietly
 model_name, manifest, n_train, n_val = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 keras = import_keras_quietly()
@@ -135,11 +135,11 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
-    from xrayfx.export import export_model
-    from xrayfx.modelconfig import model_config
-    from xrayfx.pipeline import extract
+    from xrayfx.models.export import export_model
+    from xrayfx.models.config import model_config
+    from xrayfx.extraction.pipeline import extract
     from xrayfx.report import build_report
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     models = args.models.split(",")
     cache = Path(args.cache_dir)

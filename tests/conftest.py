@@ -71,7 +71,7 @@ def mobilenet_config():
     """MobileNet alpha 0.25 with the real ImageNet weights from ../shared (signal, not 1e-15 noise)."""
     if not MOBILENET_WEIGHTS.exists():
         pytest.skip(f"{MOBILENET_WEIGHTS} not found")
-    from xrayfx.modelconfig import model_config
+    from xrayfx.models.config import model_config
 
     return model_config("mobilenet", weights=str(MOBILENET_WEIGHTS))
 
@@ -79,7 +79,7 @@ def mobilenet_config():
 @pytest.fixture(scope="session")
 def mobilenet_export(mobilenet_config, session_cache):
     """The mobilenet export, made once per session."""
-    from xrayfx.export import export_model
+    from xrayfx.models.export import export_model
 
     return export_model(mobilenet_config, session_cache)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import CXR, absolute_rows, write_manifest
-from xrayfx.augment import (
+from xrayfx.extraction.augment import (
     JitterParams,
     JitterSource,
     apply_jitter,
@@ -24,7 +24,7 @@ from xrayfx.exceptions import UsageError
 @pytest.fixture(scope="module")
 def radiograph(mobilenet_config):
     """One real Cohen radiograph, decoded and resized to the input size (224x224 RGB uint8)."""
-    from xrayfx.images import load_image
+    from xrayfx.data.images import load_image
 
     path = next(p for p in sorted((CXR / "images" / "covid").glob("*.png")))
     return load_image(path, mobilenet_config.preprocessing)
@@ -128,7 +128,7 @@ def _source(six, mobilenet_config, mobilenet_export, cache, **kw):
 def test_source_embeds_jitters_in_the_background_and_a_rerun_builds_no_session(
     six_images, mobilenet_config, mobilenet_export, tmp_path, monkeypatch
 ):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     cache = tmp_path / "cache"
     with _source(six_images, mobilenet_config, mobilenet_export, cache, n=2, seed=7, epochs=2) as src:
@@ -145,12 +145,12 @@ def test_source_embeds_jitters_in_the_background_and_a_rerun_builds_no_session(
     d_other = np.linalg.norm(X0[0] - originals[3])
     assert 0 < d_same < d_other
 
-    import xrayfx.augment
+    import xrayfx.extraction.augment
 
     def no_session(*a, **k):
         raise AssertionError("a rerun must not build an inference session")
 
-    monkeypatch.setattr(xrayfx.augment, "make_extractor", no_session)
+    monkeypatch.setattr(xrayfx.extraction.augment, "make_extractor", no_session)
     with _source(six_images, mobilenet_config, mobilenet_export, cache, n=2, seed=7, epochs=2) as again:
         assert np.array_equal(again.epoch(0)[0], X0) and np.array_equal(again.epoch(1)[0], X1)
     assert again.stats.n_new == 0 and again.stats.n_cached == 24 and again.stats.sessions_built == 0
@@ -181,8 +181,8 @@ def _rows(path):
 def test_fit_head_augment_jitters_training_images_only_and_a_rerun_is_free(
     head, params, small_manifest, mobilenet_config, mobilenet_export, session_cache, monkeypatch
 ):
-    from xrayfx.splits import read_split
-    from xrayfx.train import fit_head
+    from xrayfx.study.splits import read_split
+    from xrayfx.study.fit import fit_head
 
     kw = dict(data=small_manifest, config=mobilenet_config, cache_dir=session_cache, head=head, head_params=params,
               augment=2, progress=False, log=None)
@@ -198,12 +198,12 @@ def test_fit_head_augment_jitters_training_images_only_and_a_rerun_is_free(
     if head == "paper":
         assert len(bal["n_after_each_epoch"]) == 3 and len(_rows(first.path / "history.csv")) == 3
 
-    import xrayfx.augment
+    import xrayfx.extraction.augment
 
     def no_session(*a, **k):
         raise AssertionError("a rerun must find every jitter in the cache")
 
-    monkeypatch.setattr(xrayfx.augment, "make_extractor", no_session)
+    monkeypatch.setattr(xrayfx.extraction.augment, "make_extractor", no_session)
     second = fit_head(run_id=f"aug-{head}-2", **kw)
     stats2 = second.config["augment"]["stats"][0]
     assert stats2["n_new"] == 0 and stats2["sessions_built"] == 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrayfx.balance import BALANCE_METHODS, TrainingRows, balance
+from xrayfx.study.balance import BALANCE_METHODS, TrainingRows, balance
 from xrayfx.exceptions import BalanceError, DataError, LeakageError, UsageError
-from xrayfx.splits import Split, kfold_parts, make_holdout_split, make_kfold_split
+from xrayfx.study.splits import Split, kfold_parts, make_holdout_split, make_kfold_split
 
 
 def _data(n_pos=60, n_neg=300, seed=0):

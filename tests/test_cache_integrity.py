@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, run_cli_inprocess, write_manifest
-from xrayfx.cache import EmbeddingCache
+from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import CacheError, CacheRepairWarning, IntegrityError
-from xrayfx.pipeline import extract
+from xrayfx.extraction.pipeline import extract
 
 
 @pytest.fixture

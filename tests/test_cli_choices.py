@@ -7,13 +7,13 @@ from typing import get_args
 import pytest
 
 from tests.conftest import run_cli_inprocess as run
-from xrayfx.balance import BALANCE_METHODS
+from xrayfx.study.balance import BALANCE_METHODS
 from xrayfx.cli import COMMAND_MODULES, options
-from xrayfx.extractor import DEVICES
-from xrayfx.heads import HEADS
-from xrayfx.registry import PREPROCESS_OPTIONS, RESIZE_OPTIONS
-from xrayfx.runtimes import PRECISIONS, RUNTIMES
-from xrayfx.sources.paper import NORMAL_SOURCES
+from xrayfx.inference.extractor import DEVICES
+from xrayfx.study.heads import HEADS
+from xrayfx.models.registry import PREPROCESS_OPTIONS, RESIZE_OPTIONS
+from xrayfx.inference.runtimes import PRECISIONS, RUNTIMES
+from xrayfx.data.sources.paper import NORMAL_SOURCES
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def _extract_args(manifest: Path, cache: Path) -> list[str]:
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_during_extract_exits_with_its_code_one_line_and_rerun_resumes(
         sig, code, word, shared_rows, mobilenet_export, tmp_path):
-    from xrayfx.cache import EmbeddingCache
+    from xrayfx.extraction.cache import EmbeddingCache
 
     manifest = write_manifest(tmp_path / "many.csv", absolute_rows(shared_rows[:300]))
     cache = tmp_path / "cache"

@@ -71,7 +71,7 @@ def test_empty_paths_are_refused_with_exit_2(args, capsys, tmp_path, monkeypatch
 
 
 def test_library_refuses_an_empty_data_path():
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import DataError
 
     with pytest.raises(DataError, match="empty path"):
@@ -100,7 +100,7 @@ def test_resamples_message_names_the_option():
 
 
 def test_header_only_manifest_says_it_has_no_rows(tmp_path):
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import DataError
 
     (tmp_path / "m.csv").write_text("path,label\n")
@@ -121,7 +121,7 @@ def test_missing_label_column_is_named_not_reported_as_blank_labels(tmp_path, sh
 
 def test_edited_run_config_is_not_blamed_on_the_registry(mobilenet_config):
     from xrayfx.exceptions import IntegrityError
-    from xrayfx.export import ModelConfig
+    from xrayfx.models.config import ModelConfig
 
     recorded = mobilenet_config.to_dict()
     recorded["preprocessing"] = {**recorded["preprocessing"], "resize": "crop"}

@@ -42,7 +42,8 @@ def test_csv_text_round_trip_through_the_reader():
 
 
 def test_skipped_csv_is_neutralised(tmp_path):
-    from xrayfx.pipeline import Skip, write_skipped
+    from xrayfx.data.stream import Skip
+    from xrayfx.extraction.pipeline import write_skipped
 
     path = write_skipped([Skip("=cmd|' /C calc'!A0", "-bad", "x")], tmp_path)
     raw = list(csv.reader(io.StringIO(path.read_text())))
@@ -51,7 +52,7 @@ def test_skipped_csv_is_neutralised(tmp_path):
 
 
 def test_split_csv_round_trip_with_formula_cells(tmp_path):
-    from xrayfx.splits import Split, read_split, write_split
+    from xrayfx.study.splits import Split, read_split, write_split
 
     split = Split(image_id=np.array(["a" * 64, "b" * 64]), patient_id=np.array(["=evil()", "@p"]),
                   label=np.array(["+covid", "-normal"]), split=np.array(["train", "test"]),
@@ -63,8 +64,8 @@ def test_split_csv_round_trip_with_formula_cells(tmp_path):
 
 
 def test_data_manifest_round_trip_with_formula_cells(tmp_path):
-    from xrayfx.datasets import load_dataset
-    from xrayfx.sources import load_manifest_rows, write_manifest
+    from xrayfx.data.manifest import load_dataset
+    from xrayfx.data.sources import load_manifest_rows, write_manifest
 
     (tmp_path / "=img.png").write_bytes(b"not an image")
     rows = [{"path": str(tmp_path / "=img.png"), "label": "-covid", "patient_id": "=1+1", "source": "@s"}]
@@ -78,7 +79,7 @@ def test_data_manifest_round_trip_with_formula_cells(tmp_path):
 
 
 def test_prediction_csv_is_neutralised():
-    from xrayfx.train import PredictResult
+    from xrayfx.study.fit import PredictResult
 
     result = PredictResult(["path", "image_id", "p_covid", "predicted", "threshold"],
                            [["=x.png", "id", "-0.0", "-covid", "0.5"]], [], 0.5, "youden", None)

@@ -17,10 +17,11 @@ import pytest
 
 from conftest import MOBILENET_WEIGHTS, ROOT, run_cli_inprocess
 from xrayfx.exceptions import BackboneRefusedError, IntegrityError, UnknownBackboneError, UsageError
-from xrayfx.export import ModelConfig, export_model, model_config
+from xrayfx.models.config import ModelConfig, model_config
+from xrayfx.models.export import export_model
 from xrayfx.models.custom import add_model, added_names, copy_path, list_added, load_added_spec, remove_model
 from xrayfx.models.wrap import pool_and_flatten, reference_outputs, session_for, synthetic_images
-from xrayfx.runtimes import make_extractor
+from xrayfx.inference.runtimes import make_extractor
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -295,7 +296,7 @@ def radiographs(shared_rows, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def builtin_embeddings(radiographs, mobilenet_config, mobilenet_export, session_cache):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     return extract(data=radiographs, config=mobilenet_config, cache_dir=session_cache, progress=False)
 
@@ -305,7 +306,7 @@ def builtin_embeddings(radiographs, mobilenet_config, mobilenet_export, session_
     ("mobilenet-nchw-grey.onnx", {"pool": "avg"}),
 ])
 def test_plain_onnx_mobilenet_equals_the_builtin(variant, options, plain_onnx_exports, builtin_embeddings, tmp_path):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     cache = tmp_path / "cache"
     spec = add_model("my-mobilenet", plain_onnx_exports / variant, "tf", cache, **options)
@@ -320,7 +321,7 @@ def test_plain_onnx_mobilenet_equals_the_builtin(variant, options, plain_onnx_ex
 
 
 def test_added_model_fits_a_head_and_predicts(plain_onnx_exports, shared_rows, tmp_path):
-    from xrayfx.train import fit_head, predict
+    from xrayfx.study.fit import fit_head, predict
 
     cache = tmp_path / "cache"
     data = _subset(shared_rows, tmp_path, 15)

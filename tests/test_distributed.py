@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import CXR, ROOT, absolute_rows, write_manifest
-from xrayfx.cache import EmbeddingCache
+from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import ClusterError, UsageError
-from xrayfx.pipeline import extract
+from xrayfx.extraction.pipeline import extract
 
 distributed = pytest.importorskip("distributed", reason="needs the `dist` extra: pip install 'xrayfx[dist]'")
 
@@ -105,7 +105,7 @@ def _valid_rows_match(group: Path, reference) -> int:
     ("tls://scheduler.example.org:8786", ("tcp", "tls://scheduler.example.org:8786", 0)),
 ])
 def test_scheduler_values_parse(value, expected):
-    from xrayfx.distributed import parse_scheduler
+    from xrayfx.extraction.distributed import parse_scheduler
 
     spec = parse_scheduler(value)
     assert (spec.kind, spec.address, spec.n_workers) == expected
@@ -114,7 +114,7 @@ def test_scheduler_values_parse(value, expected):
 @pytest.mark.parametrize("value", ["local:0", "local:x", "local:", "tcp://host", "tcp://:8786", "10.0.0.5:8786",
                                    "http://10.0.0.5:8786", ""])
 def test_bad_scheduler_values_say_what_is_expected(value):
-    from xrayfx.distributed import parse_scheduler
+    from xrayfx.extraction.distributed import parse_scheduler
 
     with pytest.raises(UsageError, match="expected"):
         parse_scheduler(value)
@@ -133,7 +133,7 @@ def test_cli_refuses_a_bad_scheduler_before_any_work(forty, tmp_path):
 
 
 def test_probe_names_a_missing_group_and_a_different_folder(tmp_path):
-    from xrayfx.distributed import _probe_worker
+    from xrayfx.extraction.distributed import _probe_worker
 
     missing = _probe_worker(str(tmp_path / "nowhere"), ".tok", "abc", str(tmp_path / "m.onnx"), [])
     assert any("cannot see the cache group" in p for p in missing["problems"])
@@ -215,7 +215,7 @@ def _kill_plugin(marker: Path, target_chunk: int):
         def setup(self, worker):
             import signal
 
-            from xrayfx.cache import EmbeddingCache
+            from xrayfx.extraction.cache import EmbeddingCache
 
             real = EmbeddingCache._write_ids
 

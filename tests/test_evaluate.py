@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli_inprocess, write_manifest
 from xrayfx.exceptions import IntegrityError, RunError
 from xrayfx.metrics import DEFAULT_RESAMPLES
-from xrayfx.runs import CONFIG_FILE, SEAL_FILE, load_run
+from xrayfx.study.runs import CONFIG_FILE, SEAL_FILE, load_run
 from xrayfx.study.options import HeadOptions
 from xrayfx.util import sha256_file
 
@@ -68,7 +68,7 @@ def data(shared_rows, tmp_path_factory):
 
 
 def _fit(data, mobilenet_config, cache, run_id, **kw):
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     return fit_head(data=data["train"], config=mobilenet_config, cache_dir=cache, run_id=run_id, progress=False,
                     log=None, **kw)
@@ -144,7 +144,7 @@ def test_report_reads_the_record_and_guesses_no_keys():
 
 def test_report_confusion_at_the_validation_threshold_equals_predict_on_the_test_images(run, tmp_path):
     from xrayfx.report import build_report
-    from xrayfx.train import predict
+    from xrayfx.study.fit import predict
 
     test = [r for r in _read(run.path / "predictions.csv") if r["split"] == "test"]
     manifest = write_manifest(tmp_path / "test.csv", [{"path": r["path"], "label": r["label"]} for r in test])
@@ -239,7 +239,7 @@ def evaluated(run, data):
 
 
 def test_evaluate_writes_predictions_and_metrics_that_recompute(evaluated, run, data):
-    from xrayfx.train import predict
+    from xrayfx.study.fit import predict
 
     held, _ = evaluated
     assert held.path == run.path / "evaluations" / "heldout"

@@ -68,8 +68,8 @@ def test_blur_fill_keeps_brightness_and_removes_detail():
 @pytest.fixture(scope="module")
 def marker_run(tmp_path_factory, mobilenet_config, mobilenet_export, session_cache):
     """Phantom radiographs labelled at random; only a block in the top-left cell tells the labels apart."""
-    from xrayfx.phantoms import generate_phantoms
-    from xrayfx.train import fit_head
+    from xrayfx.data.phantoms import generate_phantoms
+    from xrayfx.study.fit import fit_head
 
     root = tmp_path_factory.mktemp("marker")
     manifest = generate_phantoms(root / "phantoms", n=40, seed=3, size=64)
@@ -126,7 +126,7 @@ def test_unoccluded_p_is_the_runs_own_prediction(marker_run, session_cache):
 
 
 def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, session_cache, mobilenet_config):
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     _, data, rows = marker_run
     run = fit_head(data=data, config=mobilenet_config, cache_dir=session_cache, run_id="explain-marker-int8",
@@ -139,9 +139,9 @@ def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, session_ca
 
 
 def test_the_cache_gets_no_rows_from_occluded_copies(marker_run, session_cache):
-    from xrayfx.pipeline import open_cache
-    from xrayfx.export import export_model
-    from xrayfx.export import ModelConfig
+    from xrayfx.extraction.pipeline import open_cache
+    from xrayfx.models.export import export_model
+    from xrayfx.models.config import ModelConfig
 
     run, _, rows = marker_run
     config = ModelConfig.from_dict(run.config["model"])

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import CXR, MOBILENET_WEIGHTS
 from xrayfx.exceptions import ParityError, UsageError, WeightsError
-from xrayfx.export import (
+from xrayfx.models.export import (
     PARITY_RTOL,
     build_keras_backbone,
     check_parity,
@@ -19,9 +19,9 @@ from xrayfx.export import (
     keras_embed,
     load_exported,
 )
-from xrayfx.extractor import Extractor
-from xrayfx.modelconfig import model_config
-from xrayfx.registry import get_spec
+from xrayfx.inference.extractor import Extractor
+from xrayfx.models.config import model_config
+from xrayfx.models.registry import get_spec
 from xrayfx.util import sha256_file
 
 PAPER_BACKBONES = ["inceptionv3", "inceptionresnetv2", "densenet201", "resnet101v2"]
@@ -43,7 +43,7 @@ def test_fingerprint_depends_on_weights_seed_preprocessing_and_resize():
 def test_fingerprint_ignores_descriptive_fields_only():
     import dataclasses
 
-    from xrayfx.modelconfig import ModelConfig
+    from xrayfx.models.config import ModelConfig
 
     base = model_config("mobilenet", weights="none", seed=0)
     relabelled = ModelConfig(dataclasses.replace(base.spec, license="other", description="x", gflops=1.0),
@@ -60,7 +60,7 @@ def test_registry_gflops_match_the_exported_graph(mobilenet_export):
 
 
 def test_mobilenet_real_weights_onnx_equals_keras_on_radiographs(mobilenet_export, mobilenet_config, shared_rows):
-    from xrayfx.images import load_image
+    from xrayfx.data.images import load_image
 
     paths = [CXR / r["path"] for r in shared_rows[:4]] + [CXR / r["path"] for r in shared_rows[-4:]]
     images = np.stack([load_image(p, mobilenet_config.preprocessing) for p in paths])

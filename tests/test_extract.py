@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import CXR, ROOT, absolute_rows, write_manifest
-from xrayfx.cache import EmbeddingCache
+from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import SkippedInputsError
-from xrayfx.pipeline import extract
+from xrayfx.extraction.pipeline import extract
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_forty_real_radiographs_then_second_run_runs_no_inference(forty_mixed, m
     assert set(first.labels) == {"covid", "normal"}
     assert {m["source"] for m in first.metadata} == {"cohen", "mooney"}
 
-    import xrayfx.pipeline as pipeline
+    import xrayfx.extraction.pipeline as pipeline
 
     class NoInference:
         def __init__(self, *a, **k):
@@ -85,8 +85,8 @@ def test_summary_counts_files_and_names_byte_identical_duplicates(tmp_path, shar
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from xrayfx.modelconfig import model_config
-    from xrayfx.pipeline import extract
+    from xrayfx.models.config import model_config
+    from xrayfx.extraction.pipeline import extract
 
     def die(chunks_done):
         if chunks_done == 2:
@@ -124,7 +124,7 @@ def test_sigkill_between_chunks_then_rerun_equals_clean_run(forty_mixed, mobilen
 def test_second_concurrent_extract_fails_fast_naming_the_holder(forty_mixed, mobilenet_config, mobilenet_export,
                                                                 tmp_path):
     from conftest import MOBILENET_WEIGHTS
-    from xrayfx.pipeline import open_cache
+    from xrayfx.extraction.pipeline import open_cache
 
     cache_dir = tmp_path / "cache"
     (cache_dir / "models").mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_missing_manifest_file_is_skipped_not_fatal(tmp_path, shared_rows, mobil
 
 def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mobilenet_config, mobilenet_export,
                                                                  tmp_path, monkeypatch):
-    import xrayfx.images as images
+    import xrayfx.data.images as images
 
     real = images.load_image
     calls = {"n": 0}

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.modelconfig import sidecar_path
-from xrayfx.extractor import Extractor, check_onnxruntime_install, providers_for
+from xrayfx.models.config import sidecar_path
+from xrayfx.inference.extractor import Extractor, check_onnxruntime_install, providers_for
 
 
 def test_both_onnxruntime_distributions_installed_is_refused(monkeypatch):
@@ -38,7 +38,7 @@ def test_cuda_on_a_cpu_only_onnxruntime_is_refused_with_the_swap_command():
 
 
 def test_silent_cpu_fallback_is_detected(mobilenet_export, monkeypatch):
-    import xrayfx.extractor as ex
+    import xrayfx.inference.extractor as ex
 
     monkeypatch.setattr(ex, "providers_for", lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(RuntimeSetupError, match="but the session runs on CPUExecutionProvider"):

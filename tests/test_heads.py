@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils import estimator_checks
 
 from xrayfx.exceptions import IntegrityError, UnsafeModelError, UsageError
-from xrayfx.heads import HEADS, KNNHead, LogisticRegressionHead, PaperHead, make_head
-from xrayfx.heads.persist import (
+from xrayfx.study.heads import HEADS, KNNHead, LogisticRegressionHead, PaperHead, make_head
+from xrayfx.study.heads.persist import (
     ALLOWED_TYPES,
     _keras_safe_load,
     load_head,

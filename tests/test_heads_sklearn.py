@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from xrayfx.heads.classical import KNNHead, LinearSVMHead, LogisticRegressionHead, RBFSVMHead
+from xrayfx.study.heads.classical import KNNHead, LinearSVMHead, LogisticRegressionHead, RBFSVMHead
 
 CALIBRATION_VS_CLASS_WEIGHT = (
     "predict is the argmax of probabilities calibrated on held-out folds (CalibratedClassifierCV), "

@@ -1,4 +1,4 @@
-"""Tests of xrayfx.images: decoding every pixel mode, bad inputs, DICOM, resizing, real files."""
+"""Tests of xrayfx.data.images: decoding every pixel mode, bad inputs, DICOM, resizing, real files."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from conftest import CXR
-from xrayfx import images
+from xrayfx.data import images
 from xrayfx.exceptions import ImageDecodeError, UsageError
-from xrayfx.images import (
+from xrayfx.data.images import (
     MAX_PIXELS,
     SUPPORTED_SUFFIXES,
     decode_image,
@@ -27,7 +27,7 @@ from xrayfx.images import (
     scale_16bit,
     to_rgb_uint8,
 )
-from xrayfx.registry import get_spec, resolve_preprocessing
+from xrayfx.models.registry import get_spec, resolve_preprocessing
 
 try:
     import pydicom

@@ -15,8 +15,8 @@ from xrayfx.exceptions import IntegrityError, UsageError
 @pytest.fixture(scope="module")
 def two_calibrations(shared_rows, mobilenet_config, mobilenet_export, tmp_path_factory):
     """A cache holding the session's mobilenet export and two int8 variants (4 radiographs each)."""
-    from xrayfx.export import load_exported
-    from xrayfx.quantize import calibration_images, quantize_int8, registered_int8
+    from xrayfx.models.export import load_exported
+    from xrayfx.models.quantize import calibration_images, quantize_int8, registered_int8
 
     root = tmp_path_factory.mktemp("int8-two")
     cache = root / "cache"
@@ -38,8 +38,8 @@ def two_calibrations(shared_rows, mobilenet_config, mobilenet_export, tmp_path_f
 
 
 def test_jitter_source_runs_the_runs_int8_model_with_two_registered(two_calibrations, mobilenet_config):
-    from xrayfx.augment import JitterSource
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.augment import JitterSource
+    from xrayfx.extraction.pipeline import extract
 
     t = two_calibrations
     run = extract(data=t.data, config=mobilenet_config, cache_dir=t.cache, precision="int8", calibration=t.first,
@@ -56,9 +56,9 @@ def test_jitter_source_runs_the_runs_int8_model_with_two_registered(two_calibrat
 
 
 def test_report_and_predict_find_the_runs_int8_model_from_its_cache_group(two_calibrations, mobilenet_config):
-    from xrayfx.pipeline import extract
-    from xrayfx.quantize import int8_model_of_group, int8_model_of_run
-    from xrayfx.runtimes import make_extractor
+    from xrayfx.extraction.pipeline import extract
+    from xrayfx.models.quantize import int8_model_of_group, int8_model_of_run
+    from xrayfx.inference.runtimes import make_extractor
 
     t = two_calibrations
     group_b = f"{t.exported.path.stem}-onnxruntime-{t.b.cache_precision}"

@@ -25,7 +25,7 @@ PKG_DIR = ROOT / "xrayfx"
 
 LAYERS = ("core", "data", "models", "inference", "extraction", "study", "report", "cli")
 #: Top-level modules of the core layer (small, dependency-free helpers).
-CORE_MODULES = {"exceptions", "util", "progress", "metrics", "csvio"}
+CORE_MODULES = {"exceptions", "util", "progress", "metrics", "csvsafe", "storage"}
 #: Subpackages and their layer; top-level ``bench*.py`` sits in the report layer.
 SUBPACKAGE_LAYER = {name: name for name in LAYERS if name != "core"}
 #: Modules where function-level imports of xrayfx's own modules are allowed (lazy on purpose).

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_LITE0
-from xrayfx.backbones import efficientnet_lite0 as lite0
+from xrayfx.models.backbones import efficientnet_lite0 as lite0
 from xrayfx.exceptions import UnsafePickleError, UsageError, WeightsError
 from xrayfx.data.preprocessing import normalise_pixels
-from xrayfx.registry import get_spec
-from xrayfx.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
+from xrayfx.models.registry import get_spec
+from xrayfx.models.torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, load_legacy_state_dict
 
 GOLDEN_NPZ = GOLDEN_LITE0 / "reference.npz"
 GOLDEN_LABELS = GOLDEN_LITE0 / "imagenet_labels.txt"

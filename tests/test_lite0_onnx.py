@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_LITE0
-from xrayfx.export import export_model
-from xrayfx.modelconfig import model_config
-from xrayfx.runtimes import make_extractor
+from xrayfx.models.export import export_model
+from xrayfx.models.config import model_config
+from xrayfx.inference.runtimes import make_extractor
 
 GOLDEN = GOLDEN_LITE0 / "reference.npz"
 

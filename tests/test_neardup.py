@@ -176,7 +176,7 @@ def test_real_same_radiograph_under_two_ids_is_linked(shared_rows, tmp_path):
 def test_fit_head_puts_near_duplicates_in_one_part_and_reports_them(
     shared_rows, tmp_path, mobilenet_config, mobilenet_export, session_cache
 ):
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     covid = [r for r in shared_rows if r["source"] == "cohen" and r["label"] == "covid"]
     dup = [r for r in covid if r["patient_id"] in ("cohen-97", "cohen-178")]

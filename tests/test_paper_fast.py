@@ -20,8 +20,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from xrayfx.exceptions import UsageError
-from xrayfx.heads import PaperHead, make_head
-from xrayfx.heads.persist import load_head, save_head
+from xrayfx.study.heads import PaperHead, make_head
+from xrayfx.study.heads.persist import load_head, save_head
 
 KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 

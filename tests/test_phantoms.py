@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from xrayfx.exceptions import UsageError
-from xrayfx.phantoms import MANIFEST_COLUMNS, generate_phantoms
+from xrayfx.data.phantoms import MANIFEST_COLUMNS, generate_phantoms
 from xrayfx.util import sha256_file
 
 EXPECTED_COLUMNS = ["path", "label", "patient_id", "source", "view", "age_group", "synthetic"]

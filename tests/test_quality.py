@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import CXR, MOBILENET_WEIGHTS, run_cli_inprocess
 from xrayfx.exceptions import ImageDecodeError, ImageQualityWarning, UsageError
-from xrayfx.images import load_image
+from xrayfx.data.images import load_image
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_twelve_bit_data_without_sbit_is_noted_and_bit_depth_scales_it(tmp_path,
 
 
 def test_bit_depth_is_recorded_and_fingerprinted_only_when_set(mobilenet_config):
-    from xrayfx.export import ModelConfig, model_config
+    from xrayfx.models.config import ModelConfig, model_config
 
     twelve = model_config("mobilenet", str(MOBILENET_WEIGHTS), bit_depth=12)
     assert "bit_depth" not in mobilenet_config.to_dict()["preprocessing"]  # existing cache keys unchanged
@@ -85,7 +85,7 @@ def test_bit_depth_is_recorded_and_fingerprinted_only_when_set(mobilenet_config)
 def test_extract_skips_degenerate_images_lists_them_and_warns_once_about_twelve_bit(
     tmp_path, shared_rows, mobilenet_config, mobilenet_export, capsys
 ):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pytest
 
 from xrayfx.exceptions import UnknownBackboneError, UsageError
 from xrayfx.data.preprocessing import normalise_pixels
-from xrayfx.registry import REGISTRY, backbone_names, get_spec, resolve_preprocessing
+from xrayfx.models.registry import REGISTRY, backbone_names, get_spec, resolve_preprocessing
 
 PAPER = {"inceptionv3": (2048, "tf", 0.5), "inceptionresnetv2": (1536, "tf", 0.2),
          "densenet201": (1920, "torch", 0.5), "resnet101v2": (2048, "tf", 0.2)}

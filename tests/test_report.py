@@ -242,7 +242,7 @@ def real_manifest(tmp_path_factory, shared_rows):
 
 @pytest.fixture(scope="module")
 def runs(real_manifest, mobilenet_config, mobilenet_export, session_cache):
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     logreg = fit_head(data=real_manifest, config=mobilenet_config, cache_dir=session_cache, head="logreg",
                       balance="none", run_id="report-test-logreg", progress=False, log=None)
@@ -398,7 +398,7 @@ def test_tampered_run_is_refused(runs, session_cache, tmp_path):
 
 def test_source_probe_tells_nih_from_mooney_normals(shared_rows, tmp_path, mobilenet_config, mobilenet_export,
                                                     session_cache):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     nih = [r for r in shared_rows if r["label"] == "normal" and r["source"] == "nih"][:100]
     mooney = [r for r in shared_rows if r["label"] == "normal" and r["source"] == "mooney"][:100]

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import CXR, absolute_rows, write_manifest
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
-from xrayfx.runtimes import (
+from xrayfx.inference.runtimes import (
     PRECISIONS,
     RUNTIMES,
     SUPPORTED,
@@ -56,7 +56,7 @@ def radiographs(shared_rows, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def held_out_images(radiographs, mobilenet_config):
-    from xrayfx.quantize import calibration_images
+    from xrayfx.models.quantize import calibration_images
 
     _, images = calibration_images(radiographs[1], mobilenet_config.preprocessing, n=24)
     return images
@@ -64,7 +64,7 @@ def held_out_images(radiographs, mobilenet_config):
 
 @pytest.fixture(scope="module")
 def int8_variant(mobilenet_export, radiographs):
-    from xrayfx.quantize import ensure_int8
+    from xrayfx.models.quantize import ensure_int8
 
     return ensure_int8(mobilenet_export, calibration=radiographs[0])
 
@@ -108,7 +108,7 @@ def test_cuda_on_a_cpu_only_machine_is_refused_with_the_fix(mobilenet_export):
 
 
 def test_onnxruntime_fp32_is_the_plain_extractor_bit_for_bit(mobilenet_export, held_out_images):
-    from xrayfx.extractor import Extractor
+    from xrayfx.inference.extractor import Extractor
 
     got = make_extractor(mobilenet_export, "onnxruntime", "fp32", "cpu")(held_out_images[:8])
     ref = Extractor(mobilenet_export.path)(held_out_images[:8])
@@ -125,7 +125,7 @@ def test_int8_is_static_qdq_per_channel_and_registered_with_hashes(int8_variant,
     assert side["precision"] == "int8"
     assert side["source_onnx_sha256"] == mobilenet_export.sidecar["onnx_sha256"]
     assert side["calibration"]["n_images"] == 16 and len(side["calibration"]["image_ids"]) == 16
-    from xrayfx.quantize import DEFAULT_INT8_RECIPE, int8_id
+    from xrayfx.models.quantize import DEFAULT_INT8_RECIPE, int8_id
 
     # The variant's id covers the calibration set and the recipe, which the sidecar records.
     assert side["recipe"] == DEFAULT_INT8_RECIPE.settings() and side["recipe"]["bias_correction"] is True
@@ -152,7 +152,7 @@ def test_int8_stays_close_to_fp32_on_held_out_radiographs(int8_variant, mobilene
 def test_another_recipe_is_another_variant_and_cache_group(int8_variant, mobilenet_export, radiographs):
     import dataclasses
 
-    from xrayfx.quantize import DEFAULT_INT8_RECIPE, calibration_images, quantize_int8, registered_int8
+    from xrayfx.models.quantize import DEFAULT_INT8_RECIPE, calibration_images, quantize_int8, registered_int8
 
     ids, images = calibration_images(radiographs[0], mobilenet_export.config.preprocessing, n=16)
     old = dataclasses.replace(DEFAULT_INT8_RECIPE, bias_correction=False)
@@ -163,7 +163,7 @@ def test_another_recipe_is_another_variant_and_cache_group(int8_variant, mobilen
         assert [v.path for v in registered_int8(mobilenet_export)] == [int8_variant.path]
         assert [v.path for v in registered_int8(mobilenet_export, old)] == [other.path]
     finally:
-        from xrayfx.export import sidecar_path
+        from xrayfx.models.config import sidecar_path
 
         other.path.unlink()
         sidecar_path(other.path).unlink(missing_ok=True)
@@ -186,7 +186,7 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
 
 
 def test_the_same_calibration_set_reuses_the_registered_variant(int8_variant, mobilenet_export, radiographs):
-    from xrayfx.quantize import ensure_int8, resolve_int8
+    from xrayfx.models.quantize import ensure_int8, resolve_int8
 
     mtime = int8_variant.path.stat().st_mtime_ns
     again = ensure_int8(mobilenet_export, calibration=radiographs[0])
@@ -196,8 +196,8 @@ def test_the_same_calibration_set_reuses_the_registered_variant(int8_variant, mo
 
 
 def test_int8_without_calibration_or_data_says_what_to_pass(mobilenet_export, tmp_path):
-    from xrayfx.modelconfig import ExportedModel
-    from xrayfx.quantize import ensure_int8
+    from xrayfx.models.config import ExportedModel
+    from xrayfx.models.quantize import ensure_int8
 
     (tmp_path / "models").mkdir()
     lone = tmp_path / "models" / mobilenet_export.path.name
@@ -210,7 +210,7 @@ def test_int8_without_calibration_or_data_says_what_to_pass(mobilenet_export, tm
 
 
 def test_calibration_refuses_more_than_256_images(mobilenet_export):
-    from xrayfx.quantize import quantize_int8
+    from xrayfx.models.quantize import quantize_int8
 
     images = np.zeros((257, 224, 224, 3), np.uint8)
     with pytest.raises(UsageError, match="1..256"):
@@ -220,8 +220,8 @@ def test_calibration_refuses_more_than_256_images(mobilenet_export):
 def test_a_changed_int8_file_is_refused(int8_variant, mobilenet_export, tmp_path):
     import shutil
 
-    from xrayfx.modelconfig import ExportedModel
-    from xrayfx.modelconfig import sidecar_path as side_of
+    from xrayfx.models.config import ExportedModel
+    from xrayfx.models.config import sidecar_path as side_of
 
     (tmp_path / "models").mkdir()
     for src in (mobilenet_export.path, int8_variant.path):
@@ -239,7 +239,7 @@ def test_a_changed_int8_file_is_refused(int8_variant, mobilenet_export, tmp_path
 def test_extract_int8_gets_its_own_cache_group_named_by_the_calibration(
     mobilenet_config, mobilenet_export, radiographs, int8_variant, session_cache
 ):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     fp32 = extract(data=radiographs[1], config=mobilenet_config, cache_dir=session_cache, progress=False)
     int8 = extract(data=radiographs[1], config=mobilenet_config, cache_dir=session_cache, progress=False,
@@ -261,7 +261,7 @@ def test_fp16_variant_keeps_uint8_in_float32_out_and_tracks_fp32(mobilenet_expor
     import onnx
     import onnxruntime as ort
 
-    from xrayfx.quantize import ensure_fp16
+    from xrayfx.models.quantize import ensure_fp16
 
     variant = ensure_fp16(mobilenet_export)
     model = onnx.load(str(variant.path))
@@ -301,7 +301,7 @@ def test_openvino_bf16_runs_in_bf16_and_stays_close(mobilenet_export, held_out_i
 
 @needs_openvino
 def test_bf16_on_a_cpu_without_bf16_is_refused(mobilenet_export, monkeypatch):
-    import xrayfx.runtimes as runtimes
+    import xrayfx.inference.runtimes as runtimes
 
     monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: False)
     with pytest.raises(RuntimeSetupError, match="bf16 instructions"):
@@ -316,7 +316,7 @@ def test_openvino_missing_says_how_to_install(mobilenet_export, monkeypatch):
 
 @needs_openvino
 def test_runtime_is_part_of_the_cache_key(mobilenet_config, radiographs, session_cache):
-    from xrayfx.pipeline import extract
+    from xrayfx.extraction.pipeline import extract
 
     ort_run = extract(data=radiographs[1], config=mobilenet_config, cache_dir=session_cache, progress=False)
     ov_run = extract(data=radiographs[1], config=mobilenet_config, cache_dir=session_cache, progress=False,

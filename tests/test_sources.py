@@ -1,4 +1,4 @@
-"""Source readers, checks and the paper's composition (xrayfx.sources).
+"""Source readers, checks and the paper's composition (xrayfx.data.sources).
 
 Synthetic trees first; then the real Cohen metadata and the shared manifest, read in place.
 """
@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import COHEN_METADATA, CXR, CXR_MANIFEST
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.sources import (
+from xrayfx.data.sources import (
     MANIFEST_COLUMNS,
     age_group,
     cohen_label,
@@ -31,7 +31,7 @@ from xrayfx.sources import (
     read_nih,
     write_manifest,
 )
-from xrayfx.sources.rows import relative_if_possible
+from xrayfx.data.sources.rows import relative_if_possible
 
 COHEN_ORIGIN_PREFIX = "ieee8023/covid-chestxray-dataset@"
 

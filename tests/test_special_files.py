@@ -35,7 +35,7 @@ def _hash_in_child(data, timeout=60):
     """load_dataset in a child process: [(name, error or '')]; a hang fails by timeout."""
     code = textwrap.dedent(f"""
         import json, os
-        from xrayfx.datasets import load_dataset
+        from xrayfx.data.manifest import load_dataset
         ds = load_dataset({str(data)!r})
         print(json.dumps([[os.path.basename(str(r.path)), r.error or ""] for r in ds.records]))
     """)
@@ -112,8 +112,8 @@ def test_load_image_refuses_a_fifo_and_dev_zero_without_reading(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")  # nobody writes to it: a plain open() would block for ever
     code = textwrap.dedent(f"""
         from xrayfx.exceptions import ImageDecodeError
-        from xrayfx.images import decode_image, load_image
-        from xrayfx.export import model_config
+        from xrayfx.data.images import decode_image, load_image
+        from xrayfx.models.config import model_config
         prep = model_config("mobilenet", "none").preprocessing
         for call in (lambda: load_image({str(tmp_path / "pipe.png")!r}, prep), lambda: decode_image("/dev/zero")):
             try:

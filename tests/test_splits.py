@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xrayfx.exceptions import DataError, LeakageError, UsageError
-from xrayfx.splits import (
+from xrayfx.study.splits import (
     Split,
     align_to_split,
     check_leakage,

@@ -23,9 +23,9 @@ import pytest
 
 from conftest import absolute_rows, write_manifest
 from xrayfx.exceptions import BalanceError, IntegrityError, LeakageError, UsageError
-from xrayfx.runs import load_run, resolve_run
+from xrayfx.study.runs import load_run, resolve_run
 from xrayfx.study.parts import read_parts
-from xrayfx.train import fit_head, predict
+from xrayfx.study.fit import fit_head, predict
 from xrayfx.util import sha256_file
 
 PRED_COLUMNS = ["image_id", "path", "patient_id", "source", "view", "age_group", "label", "p_covid", "p_normal",
@@ -283,8 +283,8 @@ def test_smote_changes_only_the_training_set_size(logreg_run, real_manifest, mob
 
 def test_smote_with_too_small_a_minority_names_class_count_and_k(shared_rows, tmp_path, mobilenet_config,
                                                                  mobilenet_export, session_cache):
-    from xrayfx.datasets import load_dataset
-    from xrayfx.splits import make_holdout_split
+    from xrayfx.data.manifest import load_dataset
+    from xrayfx.study.splits import make_holdout_split
 
     covid, seen = [], set()
     for r in shared_rows:  # one image per patient, so the split has 8 covid groups
@@ -363,11 +363,11 @@ def test_kfold_trains_one_head_per_fold_and_tests_every_image_once(real_rows, tm
     ],
 )
 def test_bad_options_fail_before_any_extraction(kw, match, tmp_path, monkeypatch):
-    import xrayfx.pipeline
+    import xrayfx.extraction.pipeline
 
     def no_extract(*a, **k):
         raise AssertionError("options must be checked before extraction")
 
-    monkeypatch.setattr(xrayfx.pipeline, "extract", no_extract)
+    monkeypatch.setattr(xrayfx.extraction.pipeline, "extract", no_extract)
     with pytest.raises(UsageError, match=re.escape(match)):
         fit_head("mobilenet", tmp_path, weights="none", cache_dir=tmp_path / "cache", progress=False, log=None, **kw)

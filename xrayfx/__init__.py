@@ -18,17 +18,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "extract": "xrayfx.pipeline",
-    "export_model": "xrayfx.export",
-    "model_config": "xrayfx.modelconfig",
-    "load_dataset": "xrayfx.datasets",
-    "generate_phantoms": "xrayfx.phantoms",
-    "fit_head": "xrayfx.train",
-    "predict": "xrayfx.train",
+    "extract": "xrayfx.extraction.pipeline",
+    "export_model": "xrayfx.models.export",
+    "model_config": "xrayfx.models.config",
+    "load_dataset": "xrayfx.data.manifest",
+    "generate_phantoms": "xrayfx.data.phantoms",
+    "fit_head": "xrayfx.study.fit",
+    "predict": "xrayfx.study.fit",
     "evaluate": "xrayfx.study.evaluate",
     "build_report": "xrayfx.report",
-    "run_demo": "xrayfx.demo",
-    "get_spec": "xrayfx.registry",
+    "run_demo": "xrayfx.cli.demo",
+    "get_spec": "xrayfx.models.registry",
     "add_model": "xrayfx.models.custom",
     "remove_model": "xrayfx.models.custom",
 }

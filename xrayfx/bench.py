@@ -10,7 +10,7 @@ ratios stay meaningful. Per configuration and batch size the record holds:
   enough to last about :data:`MIN_REPEAT_S`), latency per batch (p50, p95 over
   every call);
 * the execution providers actually used (a GPU session that fell back to CPU is
-  refused at build time, see :class:`xrayfx.extractor.Extractor`);
+  refused at build time, see :class:`xrayfx.inference.extractor.Extractor`);
 * memory: ``peak_rss_mb``, the process's resident set peak while the
   configuration ran (other configurations of the same backbone are loaded too),
   and ``model_rss_mb``, what building and warming its session added;
@@ -20,7 +20,7 @@ ratios stay meaningful. Per configuration and batch size the record holds:
   for a float32 4096×4096 product; an onnxruntime MatMul on a GPU);
 * cosine similarity of its embeddings to onnxruntime fp32 on the same inputs;
 * with ``baseline="keras"``: the Keras model (built by
-  :func:`xrayfx.export.build_keras_backbone`) timed on the same inputs,
+  :func:`xrayfx.models.export.build_keras_backbone`) timed on the same inputs,
   interleaved with the others, in a child process so that TensorFlow's memory
   stays out of the other numbers; Keras is fed the already normalised float32
   batch (the ONNX graph does its own uint8 cast and normalisation).
@@ -42,13 +42,13 @@ import numpy as np
 from xrayfx.bench_keras import KerasBaseline
 from xrayfx.bench_measure import Engine, Timing, cpu_info, cpu_matmul_rates, current_rss_mb, gpu_matmul_rate, rounded
 from xrayfx.exceptions import UsageError
-from xrayfx.export import export_model
-from xrayfx.extractor import DEVICES, providers_for
-from xrayfx.modelconfig import model_config
+from xrayfx.models.export import export_model
+from xrayfx.inference.extractor import DEVICES, providers_for
+from xrayfx.models.config import model_config
 from xrayfx.models.custom import is_added_spec
-from xrayfx.quantize import MAX_CALIBRATION_IMAGES, calibration_images, ensure_int8
-from xrayfx.registry import get_spec
-from xrayfx.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem, make_extractor
+from xrayfx.models.quantize import MAX_CALIBRATION_IMAGES, calibration_images, ensure_int8
+from xrayfx.models.registry import get_spec
+from xrayfx.inference.runtimes import PRECISIONS, RUNTIMES, check_openvino_install, combination_problem, make_extractor
 from xrayfx.util import atomic_write_json, library_versions
 
 SCHEMA = "xrayfx-bench/1"

@@ -21,8 +21,8 @@ import numpy as np
 
 from xrayfx.bench_measure import Timing
 from xrayfx.exceptions import RuntimeSetupError, XrayfxError
-from xrayfx.export import build_keras_backbone
-from xrayfx.modelconfig import ModelConfig
+from xrayfx.models.export import build_keras_backbone
+from xrayfx.models.config import ModelConfig
 from xrayfx.util import import_keras_quietly
 
 

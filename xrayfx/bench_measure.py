@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from xrayfx.exceptions import RuntimeSetupError
-from xrayfx.extractor import providers_for
-from xrayfx.runtimes import cpu_flags, cpu_has_bf16
+from xrayfx.inference.extractor import providers_for
+from xrayfx.inference.runtimes import cpu_flags, cpu_has_bf16
 
 
 # --------------------------------------------------------------------------------------------- machine

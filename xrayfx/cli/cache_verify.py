@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _select_groups(cache_dir: Path, names: list[str], models: list[str]) -> list:
-    from xrayfx.cache import list_groups
+    from xrayfx.extraction.cache import list_groups
     from xrayfx.exceptions import UsageError
 
     groups = list_groups(cache_dir)

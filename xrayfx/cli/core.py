@@ -55,7 +55,7 @@ def models_cmd(cache_dir: CacheDir = Path("cache")) -> None:
 
     `xrayfx models` (xrayfx.cli.models) prints this, then the models added to the cache.
     """
-    from xrayfx.registry import REGISTRY
+    from xrayfx.models.registry import REGISTRY
     from xrayfx.util import read_json
 
     table = Table(title="xrayfx backbones")
@@ -104,8 +104,8 @@ def export_cmd(
 
     Example: xrayfx export --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
     """
-    from xrayfx.export import export_model
-    from xrayfx.modelconfig import model_config
+    from xrayfx.models.export import export_model
+    from xrayfx.models.config import model_config
 
     config = model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     _warn_random(config)
@@ -170,10 +170,10 @@ def extract_cmd(
 
     Example: xrayfx extract --model mobilenet --data ../shared/data/cxr/manifest.csv
     """
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import CacheRepairWarning, ImageQualityWarning
-    from xrayfx.modelconfig import model_config
-    from xrayfx.pipeline import extract
+    from xrayfx.models.config import model_config
+    from xrayfx.extraction.pipeline import extract
 
     dataset = load_dataset(data)
     config = model_config(model, weights, seed, preprocess, resize, bit_depth, cache_dir=cache_dir)
@@ -201,7 +201,7 @@ def cache_ls(cache_dir: CacheDir = Path("cache")) -> None:
 
     Example: xrayfx cache ls --cache-dir cache
     """
-    from xrayfx.cache import list_groups
+    from xrayfx.extraction.cache import list_groups
 
     groups = list_groups(cache_dir)
     if not groups:
@@ -233,7 +233,7 @@ def phantoms_cmd(
 
     Example: xrayfx phantoms -o phantoms --n 100 --seed 0
     """
-    from xrayfx.phantoms import generate_phantoms
+    from xrayfx.data.phantoms import generate_phantoms
 
     if n < 4:
         raise typer.BadParameter(f"--n must be at least 4 (two classes, two sites); got {n}")
@@ -259,10 +259,10 @@ def demo_cmd(
 
     Example: xrayfx demo --out demo-output
     """
-    from xrayfx.demo import DEFAULT_MODEL, DEFAULT_WEIGHTS, run_demo
+    from xrayfx.cli.demo import DEFAULT_MODEL, DEFAULT_WEIGHTS, run_demo
 
     if model and not weights:
-        from xrayfx.registry import get_spec
+        from xrayfx.models.registry import get_spec
 
         get_spec(model)  # unknown names fail here with the list of valid ones
     result = run_demo(

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from xrayfx.cli.options import NormalSourceName
 from xrayfx.exceptions import UsageError
-from xrayfx.sources import (
+from xrayfx.data.sources import (
     COHEN_FRONTAL_VIEWS,
     PAPER_N_COVID,
     PAPER_N_NORMAL,
@@ -30,7 +30,7 @@ from xrayfx.sources import (
     read_nih,
     write_manifest,
 )
-from xrayfx.sources.paper import default_n_normal, normal_sources
+from xrayfx.data.sources.paper import default_n_normal, normal_sources
 
 data_app = typer.Typer(
     help="Turn each public source's own layout into an xrayfx manifest; draw the paper's data set.",

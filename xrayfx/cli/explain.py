@@ -19,9 +19,9 @@ def _log(message: str) -> None:
 
 def collect_image_paths(inputs: Sequence[str | Path], max_images: int | None) -> list[Path]:
     """Images, folders (searched recursively) and CSV manifests → image paths, in order, at most ``max_images``."""
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import DataError, UsageError
-    from xrayfx.images import is_image_path
+    from xrayfx.data.images import is_image_path
 
     if not inputs:
         raise UsageError("Expected at least one IMAGE, FOLDER or MANIFEST to explain; got none.")
@@ -128,7 +128,7 @@ def explain_cmd(
 
 def scorer_run_folder(run: str, cache_dir: Path | None) -> Path:
     """The run's folder (for the default output folder)."""
-    from xrayfx.runs import resolve_run
+    from xrayfx.study.runs import resolve_run
 
     return resolve_run(run, cache_dir or "cache")
 

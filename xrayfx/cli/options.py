@@ -12,15 +12,15 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-RuntimeName = Literal["onnxruntime", "openvino"]  # xrayfx.runtimes.RUNTIMES
-PrecisionName = Literal["fp32", "fp16", "int8", "bf16"]  # xrayfx.runtimes.PRECISIONS
-DeviceName = Literal["cpu", "cuda", "tensorrt", "auto"]  # xrayfx.extractor.DEVICES
-PreprocessName = Literal["imagenet", "paper"]  # xrayfx.registry.PREPROCESS_OPTIONS
-ResizeName = Literal["stretch", "crop"]  # xrayfx.registry.RESIZE_OPTIONS
-HeadName = Literal["paper", "logreg", "linear-svm", "rbf-svm", "knn"]  # xrayfx.heads.HEADS
-TrainerName = Literal["fast", "reference"]  # xrayfx.heads.paper.TRAINERS
-BalanceName = Literal["smote", "random", "class-weight", "none"]  # xrayfx.balance.BALANCE_METHODS
-NormalSourceName = Literal["kermany", "mooney", "nih", "nih+cohen"]  # xrayfx.sources.paper.NORMAL_SOURCES
+RuntimeName = Literal["onnxruntime", "openvino"]  # xrayfx.inference.runtimes.RUNTIMES
+PrecisionName = Literal["fp32", "fp16", "int8", "bf16"]  # xrayfx.inference.runtimes.PRECISIONS
+DeviceName = Literal["cpu", "cuda", "tensorrt", "auto"]  # xrayfx.inference.extractor.DEVICES
+PreprocessName = Literal["imagenet", "paper"]  # xrayfx.models.registry.PREPROCESS_OPTIONS
+ResizeName = Literal["stretch", "crop"]  # xrayfx.models.registry.RESIZE_OPTIONS
+HeadName = Literal["paper", "logreg", "linear-svm", "rbf-svm", "knn"]  # xrayfx.study.heads.HEADS
+TrainerName = Literal["fast", "reference"]  # xrayfx.study.heads.paper.TRAINERS
+BalanceName = Literal["smote", "random", "class-weight", "none"]  # xrayfx.study.balance.BALANCE_METHODS
+NormalSourceName = Literal["kermany", "mooney", "nih", "nih+cohen"]  # xrayfx.data.sources.paper.NORMAL_SOURCES
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Backbone name (see `xrayfx models`).")]
 Weights = Annotated[

@@ -94,7 +94,7 @@ def fit_head_cmd(
     Example: xrayfx fit-head --model mobilenet --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5 --data paper.csv --head paper
     """
     from xrayfx.study.options import HeadOptions
-    from xrayfx.train import fit_head
+    from xrayfx.study.fit import fit_head
 
     if batch_size_deprecated is not None:
         _log("--batch-size is deprecated for fit-head: it is the paper head's training batch; use --head-batch-size.")
@@ -170,7 +170,7 @@ def predict_cmd(
 
     Example: xrayfx predict --run cache/runs/20250101-120000-mobilenet-paper images/ -o predictions.csv
     """
-    from xrayfx.train import predict, write_stdout
+    from xrayfx.study.fit import predict, write_stdout
 
     result = predict(run, inputs, cache_dir=cache_dir, output=output, force=force, device=device,
                      progress=output is not None, log=_log, keep_degenerate=keep_degenerate)

@@ -1,6 +1,6 @@
 """DICOM decoding (the ``dicom`` extra): pydicom, modality LUT, the BitsStored range, MONOCHROME1.
 
-Split from :mod:`xrayfx.images`, which dispatches DICOM files here; every data
+Split from :mod:`xrayfx.data.images`, which dispatches DICOM files here; every data
 problem raises :class:`~xrayfx.exceptions.ImageDecodeError`.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from xrayfx.exceptions import ImageDecodeError
-from xrayfx.images import _DICOM_MAGIC_OFFSET, _check_pixel_count, scale_16bit
+from xrayfx.data.images import _DICOM_MAGIC_OFFSET, _check_pixel_count, scale_16bit
 
 
 def decode_dicom(data: bytes, name: str) -> np.ndarray:

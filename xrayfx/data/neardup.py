@@ -3,7 +3,7 @@
 The same radiograph often reaches a collection twice: resized, re-encoded as
 JPEG, with its contrast changed a little, under another patient id. Ids cannot
 catch that; the pixels can. Each image gets a 64-bit centred DCT perceptual
-hash: decode to grey (:mod:`xrayfx.images`), shrink to 32 x 32 with an area
+hash: decode to grey (:mod:`xrayfx.data.images`), shrink to 32 x 32 with an area
 filter, standardise (zero mean, unit variance), take the 2-D DCT, keep the 8 x 8
 lowest frequencies and set a bit where a coefficient lies above the median chest
 radiograph's (:data:`CHEST_CENTRE`). A plain pHash compares each coefficient
@@ -36,7 +36,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from xrayfx.exceptions import CacheError, DataError, UsageError
-from xrayfx.images import decode_image_bytes
+from xrayfx.data.images import decode_image_bytes
 from xrayfx.util import atomic_write_json, sha256_bytes
 
 __all__ = [
@@ -95,7 +95,7 @@ def perceptual_hash_image(rgb: np.ndarray) -> int:
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise UsageError(
             f"Expected a decoded image of shape (H, W) or (H, W, 3); got shape {np.shape(rgb)}. "
-            "Fix: decode it with xrayfx.images.decode_image first."
+            "Fix: decode it with xrayfx.data.images.decode_image first."
         )
     grey = Image.fromarray(np.asarray(arr, dtype=np.float32), mode="F")
     small = np.asarray(grey.resize((_SMALL, _SMALL), Image.Resampling.BOX), dtype=np.float64)

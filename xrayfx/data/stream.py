@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from xrayfx.datasets import ImageRecord
+from xrayfx.data.manifest import ImageRecord
 from xrayfx.exceptions import ImageDecodeError
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from xrayfx.cache import CHUNK_READ_ERRORS, EmbeddingCache
+from xrayfx.extraction.cache import CHUNK_READ_ERRORS, EmbeddingCache
 
 #: Chunks read per zarr call when checking (256 chunks of 32 rows of 2048 floats: 64 MiB).
 BLOCK_CHUNKS = 256

@@ -4,7 +4,7 @@
 ``CACHE/models/added/``, records its sha256, input and output names and shapes
 and the preprocessing in ``CACHE/models/added-models.json`` (written atomically),
 and refuses what it cannot run safely (see :mod:`xrayfx.models.onnx_checks`).
-From then on ``--model NAME`` resolves through :func:`xrayfx.registry.get_spec`
+From then on ``--model NAME`` resolves through :func:`xrayfx.models.registry.get_spec`
 with that ``cache_dir``, and :func:`xrayfx.models.wrap.export_added` wraps the
 file into xrayfx's uint8-in, embedding-out graph like any built-in export.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from xrayfx.exceptions import BackboneRefusedError, UsageError
 from xrayfx.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from xrayfx.registry import REGISTRY, BackboneSpec
+from xrayfx.models.registry import REGISTRY, BackboneSpec
 from xrayfx.util import atomic_write_json, read_json, sha256_file
 
 ADDED_DIR = "added"  # CACHE/models/added/NAME-<sha12>.onnx: the verbatim copies

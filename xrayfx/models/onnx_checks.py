@@ -28,7 +28,7 @@ from xrayfx.models.wrap import (
     session_for,
     synthetic_images,
 )
-from xrayfx.registry import resolve_preprocessing
+from xrayfx.models.registry import resolve_preprocessing
 
 MIN_OPSET = 7
 BATCH_RTOL = 1e-3  # an image's embedding must not depend on the rest of the batch

@@ -5,7 +5,7 @@ cast, the mean of the RGB planes for one-channel input, ``(x / 255 - mean) / std
 the NHWC → NCHW transpose — and after it the pooling of a feature map and a
 flatten. Every runtime, the Dask path and the int8 quantiser then run an added
 model exactly like a built-in export. The wrapped file is registered in
-``CACHE/models/`` with a sidecar, per fingerprint, like :func:`xrayfx.export.export_model`.
+``CACHE/models/`` with a sidecar, per fingerprint, like :func:`xrayfx.models.export.export_model`.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
     """Wrap an added model for one preprocessing, check parity, register it beside the built-in exports."""
     import onnx
 
-    from xrayfx.export import OPSET, ExportedModel, count_gflops, has_external_data, load_exported, sidecar_path
+    from xrayfx.models.config import ExportedModel, has_external_data, sidecar_path
+    from xrayfx.models.export import OPSET, count_gflops, load_exported
     from xrayfx.models.custom import copy_path
 
     if not force:

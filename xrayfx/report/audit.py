@@ -32,9 +32,9 @@ import numpy as np
 
 from xrayfx import metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, UsageError
-from xrayfx.images import decode_image, draft_size_for, resize_image
+from xrayfx.data.images import decode_image, draft_size_for, resize_image
 from xrayfx.report.stats import fast_auroc
-from xrayfx.sources import confounding_warnings
+from xrayfx.data.sources import confounding_warnings
 
 #: Metadata columns the audit breaks metrics down by, when present.
 AUDIT_COLUMNS = ("source", "view", "age_group")
@@ -116,7 +116,7 @@ def confound_warnings(rows: list[dict[str, str]], positive: str) -> list[str]:
     """Sentences naming where the label coincides with the source or the age group.
 
     ``rows`` are the run's images (dicts with ``label``, ``source``,
-    ``age_group``). Combines :func:`xrayfx.sources.confounding_warnings`
+    ``age_group``). Combines :func:`xrayfx.data.sources.confounding_warnings`
     (disjoint sources or age groups, values found in one class only) with two
     checks of its own: every image of a class from one source, and how often the
     source (or age group) alone gives the label when each value is mapped to its

@@ -1,7 +1,7 @@
 """The data of a report: read runs, compute every number with its interval, run the shortcut audit.
 
 :func:`build_report` is the whole job (``xrayfx report`` calls it): for each run
-it reads the run folder (:func:`xrayfx.runs.load_run`, hashes checked), scores
+it reads the run folder (:func:`xrayfx.study.runs.load_run`, hashes checked), scores
 the test predictions at the paper's argmax decision and at the threshold
 fit-head chose on the validation part and recorded in the run
 (:mod:`xrayfx.study.decision`; per fold for k-fold runs), computes AUROC, PR-AUC and F1 with
@@ -27,19 +27,19 @@ import numpy as np
 
 from xrayfx import __version__, metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
-from xrayfx.export import export_model
-from xrayfx.heads.persist import load_head
-from xrayfx.images import load_image
+from xrayfx.models.export import export_model
+from xrayfx.study.heads.persist import load_head
+from xrayfx.data.images import load_image
 from xrayfx.metrics import DEFAULT_RESAMPLES
-from xrayfx.modelconfig import ModelConfig
-from xrayfx.pipeline import extract
-from xrayfx.quantize import int8_model_of_run
+from xrayfx.models.config import ModelConfig
+from xrayfx.extraction.pipeline import extract
+from xrayfx.models.quantize import int8_model_of_run
 from xrayfx.report import audit, explain_section, external
 from xrayfx.report import figures as figs
 from xrayfx.report import render
 from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
-from xrayfx.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run
-from xrayfx.runtimes import make_extractor
+from xrayfx.study.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run
+from xrayfx.inference.runtimes import make_extractor
 from xrayfx.util import read_json, sha256_file
 from xrayfx.storage import require_writable_output
 

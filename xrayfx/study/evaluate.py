@@ -31,7 +31,7 @@ import numpy as np
 from xrayfx import metrics as M
 from xrayfx.csvsafe import csv_text, read_csv_dicts
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.runs import SPLIT_FILE, Run, check_run_id, load_run, resolve_run
+from xrayfx.study.runs import SPLIT_FILE, Run, check_run_id, load_run, resolve_run
 from xrayfx.data.neardup import hash_cache_path, perceptual_hashes, read_image_hashes
 from xrayfx.study.groups import IMAGE_HASHES_FILE
 from xrayfx.study.overlap import Side, find_overlap
@@ -56,7 +56,7 @@ class EvaluationResult:
 
 
 def _labelled(data: str | Path) -> tuple[Any, list[str]]:
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.study.predict import _manifest_paths
 
     p = Path(data).expanduser()

@@ -46,11 +46,11 @@ import numpy as np
 
 from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, ImageDecodeError, RunError, UsageError
-from xrayfx.export import export_model
-from xrayfx.modelconfig import ModelConfig
-from xrayfx.quantize import int8_model_of_run
-from xrayfx.runs import load_run, resolve_run
-from xrayfx.runtimes import make_extractor
+from xrayfx.models.export import export_model
+from xrayfx.models.config import ModelConfig
+from xrayfx.models.quantize import int8_model_of_run
+from xrayfx.study.runs import load_run, resolve_run
+from xrayfx.inference.runtimes import make_extractor
 from xrayfx.study.predict import load_heads
 
 #: Default grid: 8 × 8 cells.
@@ -120,9 +120,9 @@ def load_run_scorer(run: str | Path, cache_dir: str | Path | None = None, device
     """The run's extractor (backbone, preprocessing, runtime, precision), head(s) and threshold.
 
     This is the one place where explain reads a run's record (via
-    :func:`xrayfx.runs.load_run`, every file's hash checked): point it at the
+    :func:`xrayfx.study.runs.load_run`, every file's hash checked): point it at the
     typed run record once that exists. The extractor comes from the runtime
-    factory :func:`xrayfx.runtimes.make_extractor`, so int8, bf16 and fp16 runs
+    factory :func:`xrayfx.inference.runtimes.make_extractor`, so int8, bf16 and fp16 runs
     are explained with the precision they were trained with; an int8 run uses
     the int8 variant whose calibration tag names the run's cache group.
     """
@@ -199,7 +199,7 @@ def occluded(img: np.ndarray, filler: np.ndarray, boxes: Sequence[tuple[int, int
 
 def decoded(path: str | Path, prep: Any) -> np.ndarray:
     """The decoded image the pipeline resizes (same JPEG draft size), as (H, W) grey or (H, W, 3) RGB."""
-    from xrayfx.images import decode_image, draft_size_for
+    from xrayfx.data.images import decode_image, draft_size_for
 
     img = decode_image(path, draft_size=draft_size_for(prep))
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
@@ -214,7 +214,7 @@ def network_input(img: np.ndarray, prep: Any) -> np.ndarray:
 
 def network_batch(images: Sequence[np.ndarray], prep: Any) -> np.ndarray:
     """Resize decoded (occluded) images to the backbone's input, into one uint8 batch (n, h, w, 3)."""
-    from xrayfx.images import resize_image
+    from xrayfx.data.images import resize_image
 
     size = tuple(prep.input_size)
     out = np.empty((len(images), *size, 3), dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Split groups that follow the pixels: near-duplicates under different patient ids become one group.
 
-A split keeps every image of one patient on one side (:func:`xrayfx.splits.group_codes`).
+A split keeps every image of one patient on one side (:func:`xrayfx.study.splits.group_codes`).
 That trusts the patient ids; collections are assembled from other collections, and the
 same radiograph can arrive twice under two ids (in ../shared, cohen-97 and cohen-178 hold
 four identical radiographs). Before fit-head makes a split it hashes every image
@@ -33,7 +33,7 @@ from xrayfx.data.neardup import (
 )
 from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import UsageError
-from xrayfx.splits import group_codes
+from xrayfx.study.splits import group_codes
 
 __all__ = [
     "IMAGE_HASHES_FILE",
@@ -100,7 +100,7 @@ class NearDuplicates:
         )
 
     def write(self, writer: Any) -> None:
-        """Write ``image_hashes.csv`` and ``near_duplicates.csv`` through a :class:`xrayfx.runs.RunWriter`."""
+        """Write ``image_hashes.csv`` and ``near_duplicates.csv`` through a :class:`xrayfx.study.runs.RunWriter`."""
         writer.write_text(IMAGE_HASHES_FILE, image_hashes_csv(list(self.image_ids), self.hashes))
         writer.write_text(NEAR_DUPLICATES_FILE, self.near_duplicates_csv())
 
@@ -112,7 +112,7 @@ def _label(patient_id: str, image_id: str) -> str:
 def cross_group_pairs(
     image_ids: Ids, patient_ids: Ids, hashes: np.ndarray, max_distance: int | None = None
 ) -> list[NearDuplicateLink]:
-    """Near-duplicate pairs of rows that :func:`xrayfx.splits.group_codes` puts in different groups."""
+    """Near-duplicate pairs of rows that :func:`xrayfx.study.splits.group_codes` puts in different groups."""
     image = np.asarray(image_ids).astype(str)
     patient = np.asarray(patient_ids).astype(str)
     if not len(image) == len(patient) == len(hashes):

@@ -106,10 +106,10 @@ def check_options(
     val_size: float, split_seed: int, run_id: str | None,
 ) -> CheckedOptions:
     """Every check that needs no data: fail fast, before anything is extracted."""
-    from xrayfx.balance import BALANCE_METHODS
-    from xrayfx.heads import HEADS, make_head
-    from xrayfx.runs import check_run_id
-    from xrayfx.splits import fraction_to_folds
+    from xrayfx.study.balance import BALANCE_METHODS
+    from xrayfx.study.heads import HEADS, make_head
+    from xrayfx.study.runs import check_run_id
+    from xrayfx.study.splits import fraction_to_folds
 
     lab = parse_labels(labels)
     if positive not in lab:

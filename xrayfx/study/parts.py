@@ -3,8 +3,8 @@
 A run's ``split.csv`` holds ``image_id,patient_id,label,fold,part``: one row per
 image for a holdout run (``fold`` -1), one row per image per fold for a k-fold
 run (``part`` ∈ train|val|test). :class:`FoldParts` is that table in memory: one
-holdout-shaped :class:`~xrayfx.splits.Split` per fold, all in the same row order,
-so that training (:class:`xrayfx.balance.TrainingRows`), the threshold choice and
+holdout-shaped :class:`~xrayfx.study.splits.Split` per fold, all in the same row order,
+so that training (:class:`xrayfx.study.balance.TrainingRows`), the threshold choice and
 the leakage check read the very same parts and never re-derive them from a seed.
 
 :func:`read_parts` reads this format and the older ``image_id,patient_id,label,split,fold``
@@ -22,7 +22,7 @@ import numpy as np
 
 from xrayfx.csvsafe import csv_text, dict_rows, read_csv_text
 from xrayfx.exceptions import DataError
-from xrayfx.splits import HOLDOUT_FOLD, PARTS, Split, kfold_parts, read_split, split_summary
+from xrayfx.study.splits import HOLDOUT_FOLD, PARTS, Split, kfold_parts, read_split, split_summary
 from xrayfx.util import atomic_write_text
 
 COLUMNS = ("image_id", "patient_id", "label", "fold", "part")
@@ -141,7 +141,7 @@ def read_parts(path: str | Path, *, seed: int, val_size: float) -> FoldParts:
 
 
 def parts_summary(parts: FoldParts) -> dict[str, Any]:
-    """Counts per part (per fold for k-fold) and the notes of :func:`xrayfx.splits.split_summary`."""
+    """Counts per part (per fold for k-fold) and the notes of :func:`xrayfx.study.splits.split_summary`."""
     first = split_summary(parts.base)
     out = {k: first[k] for k in ("grouped_by", "n_images", "n_groups", "notes")}
     out["kind"], out["n_folds"] = parts.kind, parts.n_folds

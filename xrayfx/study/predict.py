@@ -1,6 +1,6 @@
 """`predict`: score images with a run's backbone, preprocessing, head(s) and recorded threshold.
 
-The run is read through :func:`xrayfx.runs.load_run` (every file, config.json
+The run is read through :func:`xrayfx.study.runs.load_run` (every file, config.json
 included, checked against its sha256) and its typed record
 (:class:`xrayfx.study.record.RunRecord`). The decision is the recorded one
 (:mod:`xrayfx.study.decision`); a k-fold run predicts with the mean probability
@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from xrayfx.datasets import Dataset, ImageRecord, read_manifest_csv
+from xrayfx.data.manifest import Dataset, ImageRecord, read_manifest_csv
 from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.runs import Run, load_run, resolve_run
+from xrayfx.study.runs import Run, load_run, resolve_run
 from xrayfx.study.decision import RULE_ARGMAX, decide, describe
 
 Log = Callable[[str], None]
@@ -65,7 +65,7 @@ def proba_in(head: Any, X: np.ndarray, labels: Sequence[str]) -> np.ndarray:
 
 def load_heads(run: Run) -> list[Any]:
     """The run's trained head(s), one per fold, from the folders its record names."""
-    from xrayfx.heads.persist import load_head
+    from xrayfx.study.heads.persist import load_head
 
     record = run.record
     if any(h.record.get("kind") == "paper" for h in record.heads):
@@ -85,9 +85,9 @@ def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from xrayfx.data.files import scan_folder, sha256_regular
-    from xrayfx.datasets import load_dataset
+    from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import ImageDecodeError
-    from xrayfx.images import is_image_path
+    from xrayfx.data.images import is_image_path
 
     if not inputs:
         raise UsageError("Expected at least one IMAGE, FOLDER or MANIFEST to predict; got none.")
@@ -145,9 +145,10 @@ def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, *, dev
     """Embed what is missing (run's backbone, preprocessing, runtime, precision) and apply head and threshold.
 
     An int8 run embeds with the exact int8 model it was trained with (its recorded cache group)."""
-    from xrayfx.export import ModelConfig, export_model
-    from xrayfx.pipeline import extract
-    from xrayfx.quantize import int8_model_of_run
+    from xrayfx.models.config import ModelConfig
+    from xrayfx.models.export import export_model
+    from xrayfx.extraction.pipeline import extract
+    from xrayfx.models.quantize import int8_model_of_run
 
     record = run.record
     heads = load_heads(run)

@@ -1,7 +1,7 @@
 """The run record: what fit-head writes as ``config.json`` and every reader (predict, report, evaluate) reads.
 
 :class:`RunRecord` is the typed view of a run's ``config.json``. It is built
-once, by :func:`xrayfx.runs.load_run`, after the run's files (config.json
+once, by :func:`xrayfx.study.runs.load_run`, after the run's files (config.json
 included, through ``run.sha256``) have been checked against their hashes; no
 reader looks keys up on the raw dictionary or guesses alternatives. A run of
 another format version is refused with the version and the fix (re-run
@@ -206,7 +206,7 @@ def build_config(
     cache_dir: Path, seconds: float, split_sha256: str,
 ) -> dict[str, Any]:
     """The dict fit-head writes as config.json; :meth:`RunRecord.from_dict` is its typed reader."""
-    from xrayfx.augment import JITTER_VERSION, jitter_group_name
+    from xrayfx.extraction.augment import JITTER_VERSION, jitter_group_name
     from xrayfx.util import library_versions
 
     config = extracted.config
