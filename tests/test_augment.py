@@ -181,7 +181,7 @@ def _rows(path):
 def test_fit_head_augment_jitters_training_images_only_and_a_rerun_is_free(
     head, params, small_manifest, mobilenet_config, mobilenet_export, session_cache, monkeypatch
 ):
-    from xrayfx.study.splits import read_split
+    from xrayfx.study.split_files import read_split
     from xrayfx.study.fit import fit_head
 
     kw = dict(data=small_manifest, config=mobilenet_config, cache_dir=session_cache, head=head, head_params=params,

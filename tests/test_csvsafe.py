@@ -52,7 +52,8 @@ def test_skipped_csv_is_neutralised(tmp_path):
 
 
 def test_split_csv_round_trip_with_formula_cells(tmp_path):
-    from xrayfx.study.splits import Split, read_split, write_split
+    from xrayfx.study.splits import Split
+    from xrayfx.study.split_files import read_split, write_split
 
     split = Split(image_id=np.array(["a" * 64, "b" * 64]), patient_id=np.array(["=evil()", "@p"]),
                   label=np.array(["+covid", "-normal"]), split=np.array(["train", "test"]),

@@ -6,20 +6,8 @@ import numpy as np
 import pytest
 
 from xrayfx.exceptions import DataError, LeakageError, UsageError
-from xrayfx.study.splits import (
-    Split,
-    align_to_split,
-    check_leakage,
-    find_leakage,
-    fraction_to_folds,
-    group_codes,
-    kfold_parts,
-    make_holdout_split,
-    make_kfold_split,
-    read_split,
-    split_summary,
-    write_split,
-)
+from xrayfx.study.splits import Split, check_leakage, find_leakage, fraction_to_folds, group_codes, kfold_parts, make_holdout_split, make_kfold_split, split_summary
+from xrayfx.study.split_files import align_to_split, read_split, write_split
 
 N_POS, N_NEG = 140, 939  # the paper's data set
 

@@ -13,7 +13,6 @@ ground-glass opacities whose extent varies from patient to patient.
 
 The set is built to contain the traps of the paper's real data so that
 xrayfx's guards have something to find:
-
 * several images (1–4) per synthetic patient, with small pose and exposure
   changes between them, so a split that ignores ``patient_id`` leaks;
 * two synthetic sites that differ in contrast, gamma and burn-in marker, with
@@ -43,6 +42,7 @@ from PIL import Image, PngImagePlugin
 from xrayfx.data.manifest import MANIFEST_COLUMNS as BASE_MANIFEST_COLUMNS
 from xrayfx.exceptions import UsageError
 from xrayfx.util import atomic_write_bytes, atomic_write_text
+from xrayfx.csvsafe import dict_csv_text
 
 __all__ = [
     "LABELS",
@@ -153,7 +153,6 @@ def generate_phantoms(
     for stale in sorted(old_paths - written):
         (out / stale).unlink(missing_ok=True)
 
-    from xrayfx.csvsafe import dict_csv_text
 
     manifest = out / "manifest.csv"
     atomic_write_text(manifest, dict_csv_text(MANIFEST_COLUMNS, rows))

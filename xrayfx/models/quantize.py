@@ -68,6 +68,7 @@ from xrayfx.exceptions import RuntimeSetupError, UsageError
 from xrayfx.data.images import load_image
 from xrayfx.models.config import ExportedModel, sidecar_path
 from xrayfx.util import atomic_write_json, library_versions, read_json, sha256_file, sha256_json, verify_sha256
+from xrayfx.models.bias_correction import correct_biases
 
 #: Most radiographs a calibration may use (256 was measured: no gain over 64 for min/max ranges).
 MAX_CALIBRATION_IMAGES = 256
@@ -295,8 +296,6 @@ def quantize_int8(
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(exported.path), str(pre), skip_symbolic_shape=True)
         if recipe.bias_correction:
-            from xrayfx.models.bias_correction import correct_biases
-
             corrected = Path(tmp) / "bias-corrected.onnx"
             correct_biases(pre, corrected, images, input_name, CALIBRATION_BATCH,
                            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)

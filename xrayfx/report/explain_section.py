@@ -21,6 +21,11 @@ import numpy as np
 
 from xrayfx.exceptions import ImageDecodeError, UsageError
 from xrayfx.report.audit import MASK_HEIGHT_FRACTION, MASK_WIDTH_FRACTION
+from xrayfx.report.explain_figures import mean_maps_figure, overlay_grid_figure
+from xrayfx.report.figures import run_label
+from xrayfx.study.explain import explain_images, load_run_scorer, positive_mass_inside
+from xrayfx.study.explain import box_overlap
+from xrayfx.study.explain import decoded
 
 #: Test images per true class the report explains by default.
 DEFAULT_EXPLAIN = 16
@@ -58,9 +63,6 @@ def sample_test_rows(split: np.ndarray, labels: np.ndarray, classes: Sequence[st
 
 def explain_run(run: Any, cache_dir: Path, k: int, log: Log | None = None) -> tuple[dict[str, Any], list[Any]]:
     """Explain a sample of the run's test images; return (the section's data, its figures)."""
-    from xrayfx.report.explain_figures import mean_maps_figure, overlay_grid_figure
-    from xrayfx.report.figures import run_label
-    from xrayfx.study.explain import explain_images, load_run_scorer, positive_mass_inside
 
     log = log or (lambda _m: None)
     k = check_explain(k)
@@ -133,7 +135,6 @@ def _mass_inside(maps: np.ndarray) -> dict[str, Any]:
     p(positive) up), and with the negated maps of those predicted negative (the
     cells that hold it down).
     """
-    from xrayfx.study.explain import box_overlap
 
     if len(maps) == 0:
         return {"n_maps": 0, "inside": None, "outside": None}
@@ -158,7 +159,6 @@ def _mean_panels(maps: np.ndarray, truth: np.ndarray, pred_pos: np.ndarray, run:
 
 def _grid_tiles(res: Any, truth: np.ndarray, p: np.ndarray, scorer: Any) -> list[dict[str, Any]]:
     """Per predicted class, the most and the least confident images (distance of p from the threshold)."""
-    from xrayfx.study.explain import decoded
 
     if not res.items:
         return []
@@ -199,8 +199,6 @@ def describe_cell(row: int, col: int, grid: int) -> str:
 
 
 def _top_places(mean_map: np.ndarray, n: int = 3) -> str:
-    from xrayfx.study.explain import box_overlap
-
     grid = mean_map.shape[0]
     overlap = box_overlap(grid, MASK_WIDTH_FRACTION, MASK_HEIGHT_FRACTION)
     flat = np.argsort(-mean_map.ravel(), kind="stable")[:n]
@@ -280,7 +278,6 @@ def deletion_table(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 def explain_blocks(data: dict[str, Any], fig_by_name: dict[str, Any]) -> list[tuple]:
     """The section's blocks (headings, paragraphs, tables, figures) for every run of the report."""
-    from xrayfx.report.figures import run_label
 
     sections = [(e, e.get("explain")) for e in data["runs"]]
     if not any(s and s.get("ran") for _, s in sections):

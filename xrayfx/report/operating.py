@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from xrayfx.report.cells import TABLE2_HEADERS, _TABLE2_KEYS, Cell, num, with_ci, with_counts
 from xrayfx.report.figures import run_label
 
-Cell = str | list[str]
 
 
 def youden_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
     """Table 2's layout at the run's recorded threshold (chosen by fit-head on the validation rows)."""
-    from xrayfx.report.render import TABLE2_HEADERS, _TABLE2_KEYS, num, with_ci
-
     headers = ["backbone", "recorded threshold (chosen on validation)", *TABLE2_HEADERS[1:]]
     rows = []
     for e in data["runs"]:
@@ -37,8 +35,6 @@ def youden_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
 
 def operating_table(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:
     """Sensitivity, specificity, PPV, NPV, F1 and accuracy at both decisions, with intervals and counts."""
-    from xrayfx.report.render import num, with_ci, with_counts
-
     headers = ["backbone", "decision", "sensitivity", "specificity", "PPV", "NPV", "F1 (positive)",
                "balanced accuracy"]
     rows = []

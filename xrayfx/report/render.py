@@ -25,61 +25,9 @@ from xrayfx.report.figures import Figure, run_label
 from xrayfx.report.operating import operating_table, youden_table
 from xrayfx.util import atomic_write_bytes, atomic_write_text
 
-Cell = str | list[str]
+from xrayfx.report.cells import TABLE2_HEADERS, _TABLE2_KEYS, Cell, _nan, num, signed, with_ci, with_counts  # noqa: F401
+
 Block = tuple
-
-TABLE2_HEADERS = [
-    "backbone", "COVID precision", "COVID recall", "COVID F1", "NORMAL precision", "NORMAL recall",
-    "NORMAL F1", "TP", "FP", "FN", "TN", "accuracy",
-]
-_TABLE2_KEYS = [
-    ("covid_precision", "positive", "precision"), ("covid_recall", "positive", "recall"),
-    ("covid_f1", "positive", "f1"), ("normal_precision", "negative", "precision"),
-    ("normal_recall", "negative", "recall"), ("normal_f1", "negative", "f1"),
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Number formatting
-
-
-def _nan(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def num(v: Any, digits: int = 2) -> str:
-    """A number with ``digits`` decimals, or "n/a"."""
-    return "n/a" if _nan(v) else f"{v:.{digits}f}"
-
-
-def with_ci(d: dict[str, Any] | None, digits: int = 2) -> str:
-    """``value (lo–hi)`` of a proportion or bootstrap dict; "n/a" when undefined."""
-    if not d or _nan(d.get("value")):
-        return "n/a"
-    if _nan(d.get("lo")) or _nan(d.get("hi")):
-        return num(d["value"], digits)
-    return f"{d['value']:.{digits}f} ({d['lo']:.{digits}f}–{d['hi']:.{digits}f})"
-
-
-def with_counts(d: dict[str, Any] | None, digits: int = 2) -> str:
-    """``value (lo–hi), k/n`` of a proportion."""
-    if not d:
-        return "n/a"
-    text = with_ci(d, digits)
-    if "numerator" in d:
-        text += f", {d['numerator']}/{d['denominator']}"
-    return text
-
-
-def signed(v: float | int, digits: int = 2) -> str:
-    """A difference with an explicit sign (true minus sign)."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return f"{v:+d}".replace("-", "−")
-    return f"{v:+.{digits}f}".replace("-", "−")
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables
 
 
 def table2(data: dict[str, Any]) -> tuple[list[str], list[list[Cell]]]:

@@ -5,7 +5,6 @@ preprocessing, runtime and precision), applies the run's head(s) and its
 recorded threshold (:mod:`xrayfx.study.decision`), finds which images overlap
 the run's training and validation data (:mod:`xrayfx.study.overlap`), and
 writes ``RUN/evaluations/NAME/``:
-
 * ``predictions.csv`` — ``path,image_id,label,patient_id,source,p_<positive>,predicted,threshold,overlap``
   and then the data's other columns (paths as given);
 * ``metrics.json`` — ``n, n_patients, positive, threshold, auroc (null for one class), auroc_ci,
@@ -37,6 +36,8 @@ from xrayfx.study.groups import IMAGE_HASHES_FILE
 from xrayfx.study.overlap import Side, find_overlap
 from xrayfx.study.predict import cache_dir_of, score
 from xrayfx.util import atomic_write_json, atomic_write_text
+from xrayfx.data.manifest import load_dataset
+from xrayfx.study.predict import _manifest_paths
 
 EVALUATIONS_DIR = "evaluations"
 PREDICTIONS = "predictions.csv"
@@ -56,9 +57,6 @@ class EvaluationResult:
 
 
 def _labelled(data: str | Path) -> tuple[Any, list[str]]:
-    from xrayfx.data.manifest import load_dataset
-    from xrayfx.study.predict import _manifest_paths
-
     p = Path(data).expanduser()
     dataset = load_dataset(p)
     given = _manifest_paths(p) if dataset.kind == "manifest" else [str(r.path) for r in dataset.records]

@@ -52,6 +52,8 @@ from xrayfx.models.quantize import int8_model_of_run
 from xrayfx.study.runs import load_run, resolve_run
 from xrayfx.inference.runtimes import make_extractor
 from xrayfx.study.predict import load_heads
+from xrayfx.data.images import decode_image, draft_size_for
+from xrayfx.data.images import resize_image
 
 #: Default grid: 8 × 8 cells.
 DEFAULT_GRID = 8
@@ -199,7 +201,6 @@ def occluded(img: np.ndarray, filler: np.ndarray, boxes: Sequence[tuple[int, int
 
 def decoded(path: str | Path, prep: Any) -> np.ndarray:
     """The decoded image the pipeline resizes (same JPEG draft size), as (H, W) grey or (H, W, 3) RGB."""
-    from xrayfx.data.images import decode_image, draft_size_for
 
     img = decode_image(path, draft_size=draft_size_for(prep))
     if np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]):
@@ -214,7 +215,6 @@ def network_input(img: np.ndarray, prep: Any) -> np.ndarray:
 
 def network_batch(images: Sequence[np.ndarray], prep: Any) -> np.ndarray:
     """Resize decoded (occluded) images to the backbone's input, into one uint8 batch (n, h, w, 3)."""
-    from xrayfx.data.images import resize_image
 
     size = tuple(prep.input_size)
     out = np.empty((len(images), *size, 3), dtype=np.uint8)

@@ -1,7 +1,6 @@
 """`fit-head`: extract what is missing, split without leakage, balance, train, record.
 
 :func:`fit_head` runs the whole study step by step:
-
 1. extract the data set through the embedding cache (only what is missing is computed);
 2. keep the rows of exactly two labels (the others are left out and counted) and
    one row per image id (byte-identical files share a row; conflicting labels are an error);
@@ -50,15 +49,8 @@ from xrayfx.study.runs import (
     load_run,
     runs_root,
 )
-from xrayfx.study.splits import (
-    HOLDOUT_FOLD,
-    Split,
-    align_to_split,
-    check_leakage,
-    make_holdout_split,
-    make_kfold_split,
-    read_split,
-)
+from xrayfx.study.splits import HOLDOUT_FOLD, Split, check_leakage, make_holdout_split, make_kfold_split
+from xrayfx.study.split_files import align_to_split, read_split
 from xrayfx.study.decision import Threshold, choose_threshold, run_decision
 from xrayfx.study.groups import link_near_duplicates
 from xrayfx.study.options import PAPER_FLAGS, CheckedOptions, HeadOptions, check_options, parse_labels
@@ -67,6 +59,7 @@ from xrayfx.study.predict import PredictResult, collect_inputs, predict, proba_i
 from xrayfx.study.record import build_config
 from xrayfx.study.summary import part_metrics, run_metrics, summary_text
 from xrayfx.util import sha256_file
+from xrayfx.study.heads import make_head
 
 PREDICTION_META = ("patient_id", "source", "view", "age_group")
 
@@ -179,7 +172,6 @@ def _train_fold(
     jitter: dict[str, Any], log: Log,
 ) -> _FoldResult:
     """Train one fold's head on ``split``'s train part (the fold's parts, computed once) and choose its threshold."""
-    from xrayfx.study.heads import make_head
 
     t0 = time.perf_counter()
     train_seed = opts.train_seed
@@ -197,7 +189,6 @@ def _train_fold(
     aug_info: dict[str, Any] = {}
 
     if opts.augment:
-
         epochs = int(head.epochs) if opts.head == "paper" else 1
         tr = train.rows
         source = JitterSource(
@@ -427,7 +418,6 @@ def _check_parts_leakage(parts: FoldParts, allow_leakage: bool) -> dict[str, Any
 
 
 def _write_kfold_history(writer: RunWriter, results: list[_FoldResult]) -> None:
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["fold", *HISTORY_FIELDS])

@@ -14,6 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from xrayfx.exceptions import UsageError
+from xrayfx.study.balance import BALANCE_METHODS
+from xrayfx.study.heads import HEADS, make_head
+from xrayfx.study.runs import check_run_id
+from xrayfx.study.splits import fraction_to_folds
 
 #: Parameters of the paper's head and the flags that set them.
 PAPER_FLAGS = {
@@ -106,10 +110,6 @@ def check_options(
     val_size: float, split_seed: int, run_id: str | None,
 ) -> CheckedOptions:
     """Every check that needs no data: fail fast, before anything is extracted."""
-    from xrayfx.study.balance import BALANCE_METHODS
-    from xrayfx.study.heads import HEADS, make_head
-    from xrayfx.study.runs import check_run_id
-    from xrayfx.study.splits import fraction_to_folds
 
     lab = parse_labels(labels)
     if positive not in lab:

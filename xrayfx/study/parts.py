@@ -22,7 +22,8 @@ import numpy as np
 
 from xrayfx.csvsafe import csv_text, dict_rows, read_csv_text
 from xrayfx.exceptions import DataError
-from xrayfx.study.splits import HOLDOUT_FOLD, PARTS, Split, kfold_parts, read_split, split_summary
+from xrayfx.study.splits import HOLDOUT_FOLD, PARTS, Split, kfold_parts, split_summary
+from xrayfx.study.split_files import read_split
 from xrayfx.util import atomic_write_text
 
 COLUMNS = ("image_id", "patient_id", "label", "fold", "part")

@@ -21,6 +21,17 @@ from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.study.runs import Run, load_run, resolve_run
 from xrayfx.study.decision import RULE_ARGMAX, decide, describe
+from xrayfx.study.heads.persist import load_head
+from xrayfx.util import import_keras_quietly
+from xrayfx.data.files import scan_folder, sha256_regular
+from xrayfx.data.manifest import load_dataset
+from xrayfx.exceptions import ImageDecodeError
+from xrayfx.data.images import is_image_path
+from xrayfx.models.config import ModelConfig
+from xrayfx.models.export import export_model
+from xrayfx.extraction.pipeline import extract
+from xrayfx.models.quantize import int8_model_of_run
+from xrayfx.util import atomic_write_text
 
 Log = Callable[[str], None]
 
@@ -65,12 +76,9 @@ def proba_in(head: Any, X: np.ndarray, labels: Sequence[str]) -> np.ndarray:
 
 def load_heads(run: Run) -> list[Any]:
     """The run's trained head(s), one per fold, from the folders its record names."""
-    from xrayfx.study.heads.persist import load_head
 
     record = run.record
     if any(h.record.get("kind") == "paper" for h in record.heads):
-        from xrayfx.util import import_keras_quietly
-
         import_keras_quietly()
     return [load_head(run.path / h.folder if h.folder else run.path, h.record) for h in record.heads]
 
@@ -84,10 +92,6 @@ def collect(inputs: Sequence[str | Path]) -> tuple[Dataset, list[str]]:
     """Images to score (files, folders searched recursively, CSV manifests), hashed; and each path as given."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from xrayfx.data.files import scan_folder, sha256_regular
-    from xrayfx.data.manifest import load_dataset
-    from xrayfx.exceptions import ImageDecodeError
-    from xrayfx.data.images import is_image_path
 
     if not inputs:
         raise UsageError("Expected at least one IMAGE, FOLDER or MANIFEST to predict; got none.")
@@ -145,10 +149,6 @@ def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, *, dev
     """Embed what is missing (run's backbone, preprocessing, runtime, precision) and apply head and threshold.
 
     An int8 run embeds with the exact int8 model it was trained with (its recorded cache group)."""
-    from xrayfx.models.config import ModelConfig
-    from xrayfx.models.export import export_model
-    from xrayfx.extraction.pipeline import extract
-    from xrayfx.models.quantize import int8_model_of_run
 
     record = run.record
     heads = load_heads(run)
@@ -202,7 +202,6 @@ def predict(
     columns (label, patient_id, source, …); paths are written as given. An
     existing ``output`` is refused (UsageError) unless ``force``.
     """
-    from xrayfx.util import atomic_write_text
 
     log = log or (lambda _m: None)
     refuse_existing(output, force)

@@ -19,6 +19,8 @@ from typing import Any
 
 from xrayfx.exceptions import RunError
 from xrayfx.util import sha256_bytes, sha256_file
+from xrayfx.extraction.augment import JITTER_VERSION, jitter_group_name
+from xrayfx.util import library_versions
 
 #: Version of the run folder layout and of config.json; 2 added run.sha256, typed decision and per-fold parts.
 RUN_FORMAT_VERSION = 2
@@ -206,8 +208,6 @@ def build_config(
     cache_dir: Path, seconds: float, split_sha256: str,
 ) -> dict[str, Any]:
     """The dict fit-head writes as config.json; :meth:`RunRecord.from_dict` is its typed reader."""
-    from xrayfx.extraction.augment import JITTER_VERSION, jitter_group_name
-    from xrayfx.util import library_versions
 
     config = extracted.config
     exported = extracted.exported

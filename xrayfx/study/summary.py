@@ -16,6 +16,7 @@ import numpy as np
 from xrayfx import metrics as M
 from xrayfx.exceptions import UsageError
 from xrayfx.study.decision import RULE
+from xrayfx.study.decision import describe
 
 
 def part_metrics(
@@ -140,7 +141,6 @@ def summary_text(config: dict[str, Any], metrics: dict[str, Any]) -> str:
     lines += [f"  note: {n}" for n in config["split"]["summary"]["notes"]]
     lines.append(f"head {config['head']['name']}, balance {config['balance']['method']}, "
                  f"augment {config['augment']['n']}")
-    from xrayfx.study.decision import describe
 
     lines.append(f"decision: {config['decision']['predicted']} "
                  f"({describe(config['decision']['rule'], config['decision']['threshold'])})")

@@ -11,7 +11,6 @@ Pooling before dropout
 The paper puts dropout on the backbone's spatial feature map (H×W×C) and then
 global-average-pools it; xrayfx pools first (the extractor caches one pooled
 vector per image) and puts dropout on the pooled vector. The two are close:
-
 * Global average pooling is linear, and inverted dropout keeps each value's
   expectation (a kept value is scaled by 1/(1-p)). Dropping then pooling gives
   ``z_c = mean_ij(m_ijc * x_ijc) / (1-p)`` whose expectation over the masks is
@@ -47,6 +46,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from xrayfx.exceptions import UsageError
 from xrayfx.study.heads.base import Head
 from xrayfx.util import import_keras_quietly
+from xrayfx.study.heads import paper_fast
 
 #: Batches run per call into the compiled training graph. It does not change the
 #: result (same updates in the same order) but removes most of Keras' per-step
@@ -271,7 +271,6 @@ class PaperHead(Head):
         class_weight: dict[int, float] | None,
     ) -> list[dict[str, Any]]:
         """Train ``model`` in place with :class:`~xrayfx.study.heads.paper_fast.FastTrainer`; return the history."""
-        from xrayfx.study.heads import paper_fast
 
         trainer = paper_fast.FastTrainer(
             paper_fast.settings_of(model, self, _VALIDATION_BATCH), paper_fast.keras_weights(model), int(self.seed)
