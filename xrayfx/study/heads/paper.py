@@ -291,7 +291,7 @@ class PaperHead(Head):
                     X, Y = self._epoch_rows(epoch_data, e)
                     W = row_weights(np.argmax(Y, axis=1))
                 loss, acc, val_loss, val_acc = trainer.epoch(X, Y, W, val)
-                logs = {"loss": loss, "accuracy": acc}
+                logs: dict[str, float | None] = {"loss": loss, "accuracy": acc}
                 if val is not None:
                     logs.update(val_loss=val_loss, val_accuracy=val_acc)
                 history.append(self._epoch_row(e, logs))
