@@ -326,7 +326,7 @@ class MemoryRows:
         for k, i in enumerate(image_ids):
             if i in self.rows:
                 out[k] = self.rows[i]
-        if cached:
+        if cached and self.cache is not None:
             out[cached] = self.cache.read([image_ids[k] for k in cached])
         return out
 

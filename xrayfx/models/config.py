@@ -113,7 +113,8 @@ def _fingerprint_mismatch(d: dict[str, Any], config: "ModelConfig", source: str)
     spec = config.spec
     head = (f"{source} records fingerprint {str(d['fingerprint'])[:12]} for {spec.name}, but its settings give "
             f"{config.fingerprint[:12]}")
-    recorded_spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
+    spec_value = d.get("spec")
+    recorded_spec: dict[str, Any] = spec_value if isinstance(spec_value, dict) else {}
     as_recorded = sha256_json({
         "spec": {k: recorded_spec.get(k) for k in spec.identity()},
         "weights": config.weights.identity(),

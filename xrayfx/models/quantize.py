@@ -64,7 +64,7 @@ import numpy as np
 
 from xrayfx.data.stream import decoded_stream
 from xrayfx.data.manifest import Dataset, load_dataset
-from xrayfx.exceptions import RuntimeSetupError, UsageError
+from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
 from xrayfx.data.images import load_image
 from xrayfx.models.config import ExportedModel, sidecar_path
 from xrayfx.util import atomic_write_json, library_versions, read_json, sha256_file, sha256_json, verify_sha256

@@ -58,8 +58,10 @@ from xrayfx.study.parts import FoldParts, parts_of, parts_summary, read_parts, w
 from xrayfx.study.predict import PredictResult, collect_inputs, predict, proba_in, write_stdout
 from xrayfx.study.record import build_config
 from xrayfx.study.summary import part_metrics, run_metrics, summary_text
-from xrayfx.util import sha256_file
-from xrayfx.study.heads import make_head
+from xrayfx.util import import_keras_quietly, sha256_file
+from xrayfx.extraction import pipeline
+from xrayfx.extraction.augment import JitterParams, JitterSource
+from xrayfx.data.manifest import load_dataset
 
 PREDICTION_META = ("patient_id", "source", "view", "age_group")
 

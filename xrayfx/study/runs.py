@@ -55,8 +55,8 @@ class Run:
 
     path: Path
     config: dict[str, Any]
+    record: RunRecord
     metrics: dict[str, Any] = field(default_factory=dict)
-    record: RunRecord | None = None
 
     @property
     def run_id(self) -> str:
@@ -127,7 +127,7 @@ def _run_not_found(run: str, given: Path, cache_dir: str | Path) -> str:
     parent = given.parent if len(given.parts) > 1 else None
     elsewhere = list_runs(parent.parent) if parent is not None and parent.name == "runs" else []
     known = list_runs(cache_dir)
-    if elsewhere:
+    if elsewhere and parent is not None:
         hint = (f" Runs under {parent}: {', '.join(elsewhere[-5:])}. Fix: pass one of those folders in full, "
                 f"or its id with --cache-dir {parent.parent}.")
     elif known:
