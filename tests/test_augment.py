@@ -181,13 +181,13 @@ def _rows(path):
 def test_fit_head_augment_jitters_training_images_only_and_a_rerun_is_free(
     head, params, small_manifest, mobilenet_config, mobilenet_export, session_cache, monkeypatch
 ):
-    from xrayfx.study.split_files import read_split
     from xrayfx.study.fit import fit_head
+    from xrayfx.study.parts import read_parts
 
     kw = dict(data=small_manifest, config=mobilenet_config, cache_dir=session_cache, head=head, head_params=params,
               augment=2, progress=False, log=None)
     first = fit_head(run_id=f"aug-{head}-1", **kw)
-    split = read_split(first.path / "split.csv")
+    split = read_parts(first.path / "split.csv", seed=0, val_size=0.15).base
     n_train = int((split.split == "train").sum())
     epochs = 3 if head == "paper" else 1
     stats = first.config["augment"]["stats"][0]

@@ -198,3 +198,16 @@ def test_fit_head_puts_near_duplicates_in_one_part_and_reports_them(
     ids, _ = read_image_hashes(run.path / "image_hashes.csv")
     assert sorted(ids) == sorted(r["image_id"] for r in split)
     assert any("near-duplicates" in line and "merged" in line for line in lines)
+
+
+def test_a_long_chain_of_look_alikes_is_reported_not_merged():
+    """Copies of one radiograph link a few patients; a chain over many patients is look-alikes, not copies."""
+    from xrayfx.study.groups import MAX_MERGED_PATIENTS, merge_linked_groups
+
+    n = MAX_MERGED_PATIENTS + 3
+    image = [f"img{i}" for i in range(n)]
+    patient = [f"p{i}" for i in range(n)]
+    chain = [(i, i + 1) for i in range(n - 1)]
+    assert list(merge_linked_groups(image, patient, chain)) == patient
+    pair = merge_linked_groups(image, patient, [(0, 1)])
+    assert pair[0] == pair[1] == "p0+p1" and list(pair[2:]) == patient[2:]

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 IMAGE_HASHES_FILE = "image_hashes.csv"
+#: A chain of near-duplicate links joining more patients than this is not merged (see merge_linked_groups).
+MAX_MERGED_PATIENTS = 4
 NEAR_DUPLICATES_FILE = "near_duplicates.csv"
 #: Joins the patient ids of a merged group (``cohen-178+cohen-97``).
 MERGED_ID_SEPARATOR = "+"
@@ -84,12 +86,21 @@ class NearDuplicates:
             for k in self.links[:_SHOWN]
         ]
         more = f" … ({len(self.links)} in all)" if len(self.links) > _SHOWN else ""
+        joined = [k for k in self.links if self.split_ids[k.row_a] == self.split_ids[k.row_b]]
         action = ("merged into one split group each" if merged
                   else "left where the --split file puts them")
-        n_groups = len({self.split_ids[k.row_a] for k in self.links})
+        n_groups = len({self.split_ids[k.row_a] for k in joined})
         head = (f"near-duplicates: {len(self.links)} image pair(s) under different patient ids, {action}"
                 + (f" ({n_groups} merged group(s))" if merged else ""))
-        return [f"{head}: {'; '.join(shown)}{more}. See {NEAR_DUPLICATES_FILE} in the run."]
+        lines = [f"{head}: {'; '.join(shown)}{more}. See {NEAR_DUPLICATES_FILE} in the run."]
+        if merged and len(joined) < len(self.links):
+            lines.append(
+                f"near-duplicates: {len(self.links) - len(joined)} of those pair(s) were NOT merged: they chain more "
+                f"than {MAX_MERGED_PATIENTS} patients together, which copies of one radiograph do not; these images "
+                "only look alike (synthetic or heavily standardised data). Check them in "
+                f"{NEAR_DUPLICATES_FILE}; give copies one patient_id to keep them together."
+            )
+        return lines
 
     def near_duplicates_csv(self) -> str:
         """CSV text of the links (``near_duplicates.csv``)."""
@@ -129,14 +140,20 @@ def cross_group_pairs(
 
 
 def merge_linked_groups(
-    image_ids: Ids, patient_ids: Ids, links: Sequence[tuple[int, int]]
+    image_ids: Ids, patient_ids: Ids, links: Sequence[tuple[int, int]], max_patients: int | None = None
 ) -> np.ndarray:
     """Patient ids to split by: the groups joined by ``links`` (row pairs) share one merged id.
 
     Rows outside any link, and groups no link touches, keep their patient id. A
     merged group's id is its sorted distinct patient ids joined by
     :data:`MERGED_ID_SEPARATOR`; rows without one contribute their image id.
+    A chain of links joining more than ``max_patients`` (default
+    :data:`MAX_MERGED_PATIENTS`) patients is not merged: copies of one radiograph
+    link a few patient ids, while a long chain means images that merely look
+    alike (synthetic or heavily standardised ones), and merging it would swallow
+    the split.
     """
+    limit = MAX_MERGED_PATIENTS if max_patients is None else int(max_patients)
     image = np.asarray(image_ids).astype(str)
     patient = np.asarray(patient_ids).astype(str)
     n = len(image)
@@ -159,7 +176,7 @@ def merge_linked_groups(
     for c in linked:
         rows = np.flatnonzero(comp == c)
         names = sorted({patient[r] if patient[r] else image[r] for r in rows})
-        if len(names) > 1:
+        if 1 < len(names) <= limit:
             out[rows] = MERGED_ID_SEPARATOR.join(names)
     return out.astype(str)
 
