@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from xrayfx.exceptions import IntegrityError
 
@@ -116,3 +119,22 @@ def import_keras_quietly():
         os.close(saved)
         os.close(devnull)
     return keras
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays converted, NaN and inf as None, tuples as lists."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)

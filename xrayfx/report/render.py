@@ -23,7 +23,7 @@ from xrayfx.report import external
 from xrayfx.report.explain_section import explain_blocks
 from xrayfx.report.figures import Figure, run_label
 from xrayfx.report.operating import operating_table, youden_table
-from xrayfx.util import atomic_write_bytes, atomic_write_text
+from xrayfx.util import atomic_write_bytes, atomic_write_text, jsonable
 
 from xrayfx.report.cells import TABLE2_HEADERS, _TABLE2_KEYS, Cell, _nan, num, signed, with_ci, with_counts  # noqa: F401
 
@@ -513,25 +513,6 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # JSON
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars and arrays converted, NaN and inf as None, tuples as lists."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def write_report(data: dict[str, Any], figures: Sequence[Figure], out: Path) -> dict[str, Path]:

@@ -35,7 +35,7 @@ from xrayfx.data.neardup import hash_cache_path, perceptual_hashes, read_image_h
 from xrayfx.study.groups import IMAGE_HASHES_FILE
 from xrayfx.study.overlap import Side, find_overlap
 from xrayfx.study.predict import cache_dir_of, score
-from xrayfx.util import atomic_write_json, atomic_write_text
+from xrayfx.util import atomic_write_json, atomic_write_text, jsonable
 from xrayfx.data.manifest import load_dataset
 from xrayfx.study.predict import _manifest_paths
 
@@ -228,28 +228,13 @@ def _predictions_csv(scored: Any, overlap: list[str], positive: str, threshold: 
     )
 
 
-def _plain(obj: Any) -> Any:
-    """JSON values: numpy scalars as Python numbers, NaN and inf as null."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj
-
-
 def _write(out: Path, predictions: str, metrics: dict[str, Any]) -> None:
     """Write both files in a hidden sibling folder, then move it into place (replacing an old one)."""
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     atomic_write_text(tmp / PREDICTIONS, predictions)
-    atomic_write_json(tmp / METRICS, _plain(metrics))
+    atomic_write_json(tmp / METRICS, jsonable(metrics))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
