@@ -87,15 +87,20 @@ class NearDuplicates:
         ]
         more = f" … ({len(self.links)} in all)" if len(self.links) > _SHOWN else ""
         joined = [k for k in self.links if self.split_ids[k.row_a] == self.split_ids[k.row_b]]
-        action = ("merged into one split group each" if merged
-                  else "left where the --split file puts them")
         n_groups = len({self.split_ids[k.row_a] for k in joined})
-        head = (f"near-duplicates: {len(self.links)} image pair(s) under different patient ids, {action}"
-                + (f" ({n_groups} merged group(s))" if merged else ""))
-        lines = [f"{head}: {'; '.join(shown)}{more}. See {NEAR_DUPLICATES_FILE} in the run."]
+        if not merged:
+            action = "left where the --split file puts them"
+        elif len(joined) == len(self.links):
+            action = f"merged into {n_groups} split group(s)"
+        elif joined:
+            action = f"{len(joined)} of them merged into {n_groups} split group(s)"
+        else:
+            action = "none merged"
+        lines = [f"near-duplicates: {len(self.links)} image pair(s) under different patient ids, {action}: "
+                 f"{'; '.join(shown)}{more}. See {NEAR_DUPLICATES_FILE} in the run."]
         if merged and len(joined) < len(self.links):
             lines.append(
-                f"near-duplicates: {len(self.links) - len(joined)} of those pair(s) were NOT merged: they chain more "
+                f"near-duplicates: {len(self.links) - len(joined)} pair(s) were NOT merged: they chain more "
                 f"than {MAX_MERGED_PATIENTS} patients together, which copies of one radiograph do not; these images "
                 "only look alike (synthetic or heavily standardised data). Check them in "
                 f"{NEAR_DUPLICATES_FILE}; give copies one patient_id to keep them together."
