@@ -125,13 +125,21 @@ def test_unoccluded_p_is_the_runs_own_prediction(marker_run, session_cache):
     assert [e.p for e in res.items] == pytest.approx([float(r["p_covid"]) for r in rows], abs=1e-4)
 
 
-def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, session_cache, mobilenet_config):
+def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, mobilenet_export, mobilenet_config, tmp_path):
+    import shutil
+
     from xrayfx.study.fit import fit_head
 
+    # A cache of its own (with the session's export copied in): the int8 variant this registers must not
+    # become a second variant of the session cache's model, which other tests expect to have only one of.
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
+        shutil.copy(f, cache / "models" / f.name)
     _, data, rows = marker_run
-    run = fit_head(data=data, config=mobilenet_config, cache_dir=session_cache, run_id="explain-marker-int8",
+    run = fit_head(data=data, config=mobilenet_config, cache_dir=cache, run_id="explain-marker-int8",
                    head="logreg", precision="int8", progress=False, log=None)
-    scorer = X.load_run_scorer(run.path, session_cache)
+    scorer = X.load_run_scorer(run.path, cache)
     assert scorer.precision == "int8" and "int8" in scorer.extractor.path.name
     test = _test_rows(run)[:2]
     res = X.explain_images(scorer, [r["path"] for r in test], grid=2)
