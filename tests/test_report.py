@@ -24,7 +24,7 @@ from xrayfx.exceptions import IntegrityError, UsageError
 from xrayfx.report import audit
 from xrayfx.report.build import RunData, paper_comparison, score_run
 from xrayfx.report.render import jsonable
-from xrayfx.report.stats import fast_auroc, fast_average_precision
+from xrayfx.metrics import fast_auroc, fast_average_precision
 
 # ---------------------------------------------------------------------------------------------
 # Fast statistics equal scikit-learn's

@@ -54,7 +54,8 @@ def report_cmd(
     """
     from xrayfx.cli import console, err_console
     from xrayfx.report import build_report
-    from xrayfx.report.render import terminal_table2, with_ci
+    from xrayfx.report.cells import with_ci
+    from xrayfx.report.render import terminal_table2
 
     def log(message: str) -> None:
         err_console.print(message, highlight=False, soft_wrap=True, markup=False)

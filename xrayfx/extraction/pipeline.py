@@ -27,7 +27,6 @@ from xrayfx.extraction.distributed import extract_missing_distributed, parse_sch
 from xrayfx.exceptions import (
     CacheError,
     CacheRepairWarning,
-    ImageDecodeError,
     ImageQualityWarning,
     SkippedInputsError,
     UsageError,

@@ -7,6 +7,8 @@ quantisation, augmentation and training import these types from here.
 from __future__ import annotations
 
 import os
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.exceptions import IntegrityError, UsageError, WeightsError
 from xrayfx.models.custom import ADDED_DIR, is_added_record, is_added_spec, spec_from_dict
 from xrayfx.models.registry import BackboneSpec, get_spec, resolve_preprocessing
-from xrayfx.util import import_keras_quietly, sha256_file, sha256_json
+from xrayfx.util import atomic_write_json, import_keras_quietly, library_versions, sha256_file, sha256_json
 
 WEIGHT_SUFFIXES = (".h5", ".weights.h5", ".keras", ".pth")
 
@@ -233,6 +235,22 @@ def model_config(
         weights=resolve_weights(spec, weights, seed),
         preprocessing=resolve_preprocessing(spec, preprocess, resize, bit_depth),
     )
+
+
+def commit_export(tmp: Path, out: Path, sidecar: dict[str, Any], started: float) -> dict[str, Any]:
+    """Finish an export: add its time (since ``started``, a ``perf_counter`` value), peak memory, library
+    versions and date to ``sidecar``, move the ONNX file ``tmp`` into place at ``out``, then write the
+    sidecar beside it (atomically, so a sidecar never names a file that is not there)."""
+    sidecar = {
+        **sidecar,
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    os.replace(tmp, out)
+    atomic_write_json(sidecar_path(out), sidecar)
+    return sidecar
 
 
 def has_external_data(onnx_file: str | Path) -> bool:

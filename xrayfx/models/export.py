@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ import numpy as np
 from xrayfx import exceptions
 from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.exceptions import ExportError, ParityError, WeightsError
-from xrayfx.models.config import ExportedModel, ModelConfig, has_external_data, sidecar_path
-from xrayfx.util import atomic_write_json, import_keras_quietly, library_versions, read_json, sha256_file
+from xrayfx.models.config import ExportedModel, ModelConfig, commit_export, has_external_data, sidecar_path
+from xrayfx.util import atomic_write_json, import_keras_quietly, read_json, sha256_file
 
 OPSET = 17
 PARITY_RTOL = 1e-4  # max |onnx - keras| must stay below PARITY_RTOL * max |keras|
@@ -279,8 +278,7 @@ def run_export(request: dict[str, Any]) -> dict[str, Any]:
         if has_external_data(tmp):
             raise ExportError(f"{config.spec.name}: the export stores weights as external data; xrayfx needs one file")
         parity = check_parity(model, tmp, config, images)
-        seconds = time.perf_counter() - t0
-        sidecar = {
+        sidecar = commit_export(tmp, out, {
             "fingerprint": config.fingerprint,
             "backbone": config.spec.name,
             "onnx_file": out.name,
@@ -296,13 +294,7 @@ def run_export(request: dict[str, Any]) -> dict[str, Any]:
             "params": int(model.count_params()),
             "gflops_per_image": count_gflops(tmp),
             "parity": parity,
-            "export_seconds": round(seconds, 2),
-            "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "versions": library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        os.replace(tmp, out)
-        atomic_write_json(sidecar_path(out), sidecar)
+        }, t0)
     finally:
         tmp.unlink(missing_ok=True)
     return sidecar

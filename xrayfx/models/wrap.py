@@ -11,7 +11,6 @@ model exactly like a built-in export. The wrapped file is registered in
 from __future__ import annotations
 
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ import numpy as np
 
 from xrayfx.exceptions import IntegrityError, ParityError
 from xrayfx.data.preprocessing import Preprocessing
-from xrayfx.util import atomic_write_json, library_versions, sha256_file, verify_sha256
+from xrayfx.util import sha256_file, verify_sha256
 
 PARITY_RTOL = 1e-4  # max |wrapped - reference| must stay below PARITY_RTOL * max |reference|
 PARITY_BATCHES = (1, 8)
@@ -212,7 +211,7 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
     """Wrap an added model for one preprocessing, check parity, register it beside the built-in exports."""
     import onnx
 
-    from xrayfx.models.config import ExportedModel, has_external_data, sidecar_path
+    from xrayfx.models.config import ExportedModel, commit_export, has_external_data
     from xrayfx.models.export import OPSET, count_gflops, load_exported
     from xrayfx.models.custom import copy_path
 
@@ -241,7 +240,7 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
         onnx.save(wrapped, str(tmp))
         parity = check_parity(tmp, copy, spec, prep)
         h, w = (int(v) for v in prep.input_size)
-        sidecar = {
+        commit_export(tmp, out, {
             "fingerprint": config.fingerprint,
             "backbone": spec.name,
             "added": True,
@@ -258,13 +257,7 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
             "params": spec.params,
             "gflops_per_image": count_gflops(tmp) or None,  # 0.0: shapes ONNX inference could not resolve
             "parity": parity,
-            "export_seconds": round(time.perf_counter() - t0, 2),
-            "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "versions": library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        os.replace(tmp, out)
-        atomic_write_json(sidecar_path(out), sidecar)
+        }, t0)
     finally:
         tmp.unlink(missing_ok=True)
     exported = load_exported(config, cache_dir)

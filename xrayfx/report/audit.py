@@ -33,7 +33,7 @@ import numpy as np
 from xrayfx import metrics
 from xrayfx.exceptions import DataError, ImageDecodeError, UsageError
 from xrayfx.data.images import decode_image, draft_size_for, resize_image
-from xrayfx.report.stats import fast_auroc
+from xrayfx.metrics import fast_auroc
 from xrayfx.data.sources import confounding_warnings
 
 #: Metadata columns the audit breaks metrics down by, when present.

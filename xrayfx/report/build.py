@@ -38,7 +38,8 @@ from xrayfx.report import audit, explain_section, external
 from xrayfx.report import figures as figs
 from xrayfx.report import render
 from xrayfx.report.rundata import RunData, head_locations, read_run  # noqa: F401  (read_run: public)
-from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions, fast_auroc, fast_average_precision
+from xrayfx.metrics import fast_auroc, fast_average_precision
+from xrayfx.report.stats import f1_negative_of_decisions, f1_of_decisions
 from xrayfx.inference.runtimes import make_extractor
 from xrayfx.util import read_json, sha256_file
 from xrayfx.storage import require_writable_output

@@ -13,19 +13,15 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from xrayfx.report import external
+from xrayfx.report.cells import TABLE2_HEADERS, _TABLE2_KEYS, Cell, _nan, num, signed, with_ci, with_counts
 from xrayfx.report.explain_section import explain_blocks
 from xrayfx.report.figures import Figure, run_label
 from xrayfx.report.operating import operating_table, youden_table
 from xrayfx.util import atomic_write_bytes, atomic_write_text, jsonable
-
-from xrayfx.report.cells import TABLE2_HEADERS, _TABLE2_KEYS, Cell, _nan, num, signed, with_ci, with_counts  # noqa: F401
 
 Block = tuple
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from xrayfx import metrics
 from xrayfx.csvsafe import read_csv_dicts
 from xrayfx.exceptions import DataError, RunError
 from xrayfx.study.runs import PREDICTIONS_FILE, SPLIT_FILE, load_run

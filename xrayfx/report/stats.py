@@ -1,12 +1,7 @@
-"""Fast statistics for the bootstrap: the same numbers as scikit-learn, without its per-call overhead.
+"""F1 of boolean decisions, cheap enough for thousands of bootstrap resamples.
 
-A patient bootstrap evaluates AUROC and average precision thousands of times
-on a few hundred rows; ``sklearn.metrics`` spends most of that time checking
-its inputs. These two functions compute the identical values from ranks and
-cumulative counts (tests/test_report.py checks them against scikit-learn);
-they live in :mod:`xrayfx.metrics`, whose bootstrap uses them too.
-They assume what :func:`xrayfx.metrics.patient_bootstrap` guarantees: a
-boolean ``y`` holding both classes and finite scores.
+The rank-based AUROC and average precision the bootstrap also needs live in
+:mod:`xrayfx.metrics` (``fast_auroc``, ``fast_average_precision``).
 """
 
 from __future__ import annotations
@@ -14,8 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from xrayfx.metrics import fast_auroc, fast_average_precision  # noqa: F401  (one implementation, in metrics)
 
 
 def f1_of_decisions(y: np.ndarray, d: np.ndarray) -> float:

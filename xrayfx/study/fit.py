@@ -33,9 +33,8 @@ from xrayfx.study.balance import TrainingRows, balance as balance_rows
 from xrayfx.data.manifest import Dataset
 from xrayfx.csvsafe import csv_text
 from xrayfx.exceptions import DataError, UsageError
-from xrayfx.study.heads import HEADS, make_head
-from xrayfx.study.heads.persist import HISTORY_FIELDS, load_head, save_head, write_history_csv
-from xrayfx.data.images import is_image_path
+from xrayfx.study.heads import make_head
+from xrayfx.study.heads.persist import HISTORY_FIELDS, save_head, write_history_csv
 from xrayfx.models.config import ModelConfig, model_config
 from xrayfx.study.runs import (
     HISTORY_FILE,
