@@ -173,6 +173,7 @@ def extract_cmd(
     from xrayfx.data.manifest import load_dataset
     from xrayfx.exceptions import CacheRepairWarning, ImageQualityWarning
     from xrayfx.models.config import model_config
+    from xrayfx.extraction.options import ExtractionOptions
     from xrayfx.extraction.pipeline import extract
 
     dataset = load_dataset(data)
@@ -181,11 +182,11 @@ def extract_cmd(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheRepairWarning)  # both printed below from result.warnings
         warnings.simplefilter("ignore", ImageQualityWarning)
-        result = extract(
-            data=dataset, config=config, cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers,
-            strict=strict, progress=True, log=None, runtime=runtime, precision=precision, scheduler=scheduler,
-            calibration=calibration, keep_degenerate=keep_degenerate,
+        options = ExtractionOptions(
+            runtime=runtime, precision=precision, device=device, batch_size=batch_size, workers=workers,
+            keep_degenerate=keep_degenerate, scheduler=scheduler, calibration=calibration,
         )
+        result = extract(data=dataset, config=config, cache_dir=cache_dir, options=options, strict=strict)
     for message in result.warnings:
         err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
     console.print(result.summary(), highlight=False)

@@ -49,7 +49,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xrayfx.data import images
-from xrayfx.extraction.cache import DEFAULT_CHUNK_ROWS, EmbeddingCache
+from xrayfx.extraction.cache import EmbeddingCache
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.exceptions import UsageError
 from xrayfx.models.config import ExportedModel, ModelConfig
 from xrayfx.extraction.pipeline import cache_group_for
@@ -197,17 +198,15 @@ class JitterSource:
         epochs: int = 1,
         params: JitterParams = JitterParams(),
         main_group: str | None = None,
-        runtime: str = "onnxruntime",
-        precision: str = "fp32",
-        device: str = "cpu",
-        batch_size: int = 32,
-        workers: int = 2,
-        progress: bool = False,
+        options: ExtractionOptions | None = None,
         log: Callable[[str], None] | None = None,
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        model_path: str | Path | None = None,
-        keep_degenerate: bool = False,
+        **option_kwargs: Any,
     ):
+        """``options`` says how jitters are embedded, as for the originals (the int8
+        ``model_path``, ``keep_degenerate`` of the extraction that chose the training
+        images); its field names are also accepted as keyword arguments. The
+        progress bar is off unless ``options`` or ``progress=True`` turns it on."""
+        opts = ExtractionOptions.merged(options or ExtractionOptions(progress=False), **option_kwargs)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise UsageError(f"Expected --augment N to be a positive integer here; got {n!r}.")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
@@ -226,26 +225,21 @@ class JitterSource:
         self.seed = int(seed)
         self.epochs = int(epochs)
         self.params = params
-        self.runtime, self.precision, self.device = runtime, precision, device
-        self.model_path = model_path  # the exact int8 variant (precision int8); None: the only registered one
-        self.keep_degenerate = keep_degenerate  # as the extraction that chose the training images
-        self.batch_size = int(batch_size)
-        self.workers = max(1, int(workers))
-        self.progress = progress
+        self.options = opts
         self.log = log
         self.stats = JitterStats()
         if isinstance(cache, EmbeddingCache):
             self.cache = cache
         else:
-            main = main_group or cache_group_for(config, runtime, precision)
+            main = main_group or cache_group_for(config, opts.runtime, opts.precision)
             attrs = {
-                "model": config.to_dict(), "runtime": runtime, "precision": precision,
+                "model": config.to_dict(), "runtime": opts.runtime, "precision": opts.precision,
                 "kind": "jitter", "jitter": params.to_dict(), "jitter_version": JITTER_VERSION,
                 "key": "sha256(f'{image_id}:{seed}:{epoch}:{j}')", "main_group": main,
                 "onnx_sha256": exported.sidecar.get("onnx_sha256"),
             }
             self.cache = EmbeddingCache.open_or_create(
-                cache, jitter_group_name(main, params), config.spec.embedding_size, attrs, chunk_rows
+                cache, jitter_group_name(main, params), config.spec.embedding_size, attrs, opts.chunk_rows
             )
         self.cache.check_source(exported.sidecar.get("onnx_sha256"))
         self._extractor: Embedder | None = None
@@ -262,7 +256,7 @@ class JitterSource:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrayfx-jitter")
         todo = sum(len(self.cache.missing(self.keys(e))) for e in range(self.epochs))
         self._bar = self._stack.enter_context(
-            ImageProgress(self.progress, todo, f"jitter + extract {self.config.spec.name}")
+            ImageProgress(self.options.progress, todo, f"jitter + extract {self.config.spec.name}")
         )
         if self.log and todo:
             self.log(f"augment: {todo} jittered image(s) to embed in the background "
@@ -310,7 +304,7 @@ class JitterSource:
         image_id = self.image_ids[index]
         img = self._bases.get(image_id)
         if img is None:
-            img = images.load_image(self.paths[index], self.config.preprocessing, self.keep_degenerate)
+            img = images.load_image(self.paths[index], self.config.preprocessing, self.options.keep_degenerate)
             self._bases[image_id] = img
         return img
 
@@ -327,18 +321,19 @@ class JitterSource:
         self.stats.n_cached += len(keys) - len(todo)
         if todo:
             if self._extractor is None:
-                self._extractor = make_extractor(
-                    self.exported, self.runtime, self.precision, self.device, model_path=self.model_path
-                )
+                o = self.options
+                self._extractor = make_extractor(self.exported, o.runtime, o.precision, o.device,
+                                                 model_path=o.model_path)
                 self.stats.sessions_built += 1
             rows = self.cache.chunk_rows
             chunks = iter(self.cache.allocate_chunks(math.ceil(len(todo) / rows)))
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="xrayfx-jitter-img") as pool:
+            batch_size = self.options.batch_size
+            with ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="xrayfx-jitter-img") as pool:
                 for start in range(0, len(todo), rows):
                     part = todo[start:start + rows]
                     batch = np.stack(list(pool.map(self._jittered, part)))
                     emb = np.concatenate(
-                        [self._extractor(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+                        [self._extractor(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
                     )
                     self.cache.write_chunk(next(chunks), [key for _, key in part], emb)
                     self.stats.n_new += len(part)

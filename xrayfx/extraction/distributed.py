@@ -43,6 +43,7 @@ import numpy as np
 from xrayfx import __version__
 from xrayfx.data import images
 from xrayfx.extraction.cache import EmbeddingCache
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.data.stream import Skip
 from xrayfx.exceptions import ClusterError, ImageDecodeError, IntegrityError, RuntimeSetupError, UsageError, XrayfxError
 from xrayfx.progress import ImageProgress
@@ -280,13 +281,14 @@ class _ExtractorPluginBody:
     re-hashed on the worker and must match the client's export.
     """
 
-    def __init__(self, exported: "ExportedModel", runtime: str, precision: str, device: str,
-                 intra_op_threads: int, prep: "Preprocessing", model_path: str | None = None):
+    def __init__(self, exported: "ExportedModel", options: ExtractionOptions, intra_op_threads: int,
+                 prep: "Preprocessing"):
         self.exported = exported
-        self.model_path = model_path
-        self.runtime = runtime
-        self.precision = precision
-        self.device = device
+        self.model_path = os.path.abspath(options.model_path) if options.model_path is not None else None
+        self.runtime = options.runtime
+        self.precision = options.precision
+        self.device = options.device
+        self.keep_degenerate = options.keep_degenerate  # degenerate images are skipped unless kept
         self.intra_op_threads = intra_op_threads
         self.prep = prep
         self.extractor: Any = None
@@ -374,7 +376,7 @@ def embed_batch(
         for path, image_id in records:
             out.n_images += 1
             try:
-                pixels.append(images.load_image(path, plugin.prep, getattr(plugin, "keep_degenerate", False)))
+                pixels.append(images.load_image(path, plugin.prep, plugin.keep_degenerate))
                 ids.append(image_id)
             except ImageDecodeError as exc:
                 out.skips.append(Skip(path, exc.reason, image_id))
@@ -410,35 +412,31 @@ def extract_missing_distributed(
     exported: "ExportedModel",
     cache: EmbeddingCache,
     config: "ModelConfig",
+    options: ExtractionOptions,
     *,
-    scheduler: str,
-    runtime: str = "onnxruntime",
-    precision: str = "fp32",
-    device: str = "cpu",
-    batch_size: int = 32,
-    progress: bool = True,
     on_chunk_done: Callable[[int], None] | None = None,
     intra_op_threads: int = 1,
     chunks_per_batch: int | None = None,
     max_in_flight: int | None = None,
     connect_timeout: float = CONNECT_TIMEOUT_S,
-    model_path: str | Path | None = None,
-    keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
     """Embed ``todo`` on a Dask cluster into ``cache``; the caller holds the cache lock.
 
+    ``options`` are the run's :class:`~xrayfx.extraction.options.ExtractionOptions`;
+    its ``scheduler`` must be set. ``options.model_path`` names a precision
+    variant (int8) exactly as for the in-process path.
     Returns ``(skips, n_new)`` like the in-process path. ``intra_op_threads`` is
     the onnxruntime thread count of each worker's session (1: one core per Dask
     worker thread, as Dask budgets it; 0: onnxruntime's default). A batch is
     ``chunks_per_batch`` whole chunks (default: enough chunks for one
     ``batch_size``); at most ``max_in_flight`` batches (default: twice the
     cluster's threads) are submitted at once. ``on_chunk_done(n)`` is called
-    after each chunk is marked done, with the number done so far. ``model_path``
-    names a precision variant (int8) exactly as for the in-process path.
+    after each chunk is marked done, with the number done so far.
     """
-    spec = parse_scheduler(scheduler)
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if not options.scheduler:
+        raise UsageError("extract_missing_distributed needs options.scheduler (tcp://HOST:PORT or local:N); got none")
+    spec = parse_scheduler(options.scheduler)
+    batch_size = options.batch_size
     if intra_op_threads < 0:
         raise UsageError(f"intra_op_threads must be 0 (onnxruntime's default) or more, got {intra_op_threads}")
     per_batch = chunks_per_batch if chunks_per_batch is not None else max(1, math.ceil(batch_size / cache.chunk_rows))
@@ -451,16 +449,14 @@ def extract_missing_distributed(
     distributed = _import_distributed()
     group_path = os.path.abspath(cache.path)
     exported = replace(exported, path=Path(os.path.abspath(exported.path)))
-    model_file = os.path.abspath(model_path) if model_path is not None else None
+    model_file = os.path.abspath(options.model_path) if options.model_path is not None else None
     readable = [os.path.abspath(r.path) for r in (todo[0], todo[-1]) if os.access(r.path, os.R_OK)]
 
     with dask_client(spec, timeout=connect_timeout) as client:
         threads = _cluster_threads(client)
         check_workers(client, group_path, model_file or exported.path, readable)
         plugin_name = f"xrayfx-extractor-{uuid.uuid4().hex[:12]}"
-        plugin = _extractor_plugin_class()(exported, runtime, precision, device, intra_op_threads, config.preprocessing,
-                                 model_file)
-        plugin.keep_degenerate = keep_degenerate  # degenerate images are skipped unless kept
+        plugin = _extractor_plugin_class()(exported, options, intra_op_threads, config.preprocessing)
         try:
             try:
                 client.register_plugin(plugin, name=plugin_name)
@@ -470,7 +466,7 @@ def extract_missing_distributed(
             chunks = cache.allocate_chunks(n_chunks)
             window = max_in_flight or max(2, 2 * sum(threads.values()))
             label = f"extract {config.spec.name} on {spec} ({len(threads)} workers, {sum(threads.values())} threads)"
-            with ImageProgress(progress, len(todo), label, batches=math.ceil(n_chunks / per_batch)) as bar:
+            with ImageProgress(options.progress, len(todo), label, batches=math.ceil(n_chunks / per_batch)) as bar:
                 return _run_batches(
                     client, distributed, spec, plugin_name, group_path, cache,
                     _batches(todo, chunks, cache.chunk_rows, per_batch), batch_size, window, bar, on_chunk_done,

@@ -11,9 +11,9 @@ import math
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,12 +24,12 @@ from xrayfx.csvsafe import write_csv
 from xrayfx.data.manifest import Dataset, ImageRecord, load_dataset
 from xrayfx.data.quality import low_bit_depth_warning, take_low_bit_depth
 from xrayfx.extraction.distributed import extract_missing_distributed, parse_scheduler
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.exceptions import (
     CacheError,
     CacheRepairWarning,
     ImageQualityWarning,
     SkippedInputsError,
-    UsageError,
 )
 from xrayfx.models.export import export_model, load_exported
 from xrayfx.extraction.verify import check_reused
@@ -136,66 +136,62 @@ def extract(
     preprocess: str = "imagenet",
     resize: str = "stretch",
     cache_dir: str | Path = "cache",
-    device: str = "cpu",
-    batch_size: int = 32,
-    workers: int = 2,
+    options: ExtractionOptions | None = None,
     strict: bool = False,
-    runtime: str = "onnxruntime",
-    precision: str = "fp32",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_chunk_done: Callable[[int], None] | None = None,
     config: ModelConfig | None = None,
-    scheduler: str | None = None,
-    calibration: str | Path | None = None,
-    model_path: str | Path | None = None,
-    keep_degenerate: bool = False,
     read_only_ok: bool = False,
+    **option_kwargs: Any,
 ) -> ExtractResult:
     """Embed every image of ``data`` with a frozen backbone, through the cache.
 
     Exports the backbone first if needed, computes only what the cache lacks, and
     returns ids, labels, metadata and the embeddings array in data set order.
+    *How* it embeds (runtime, precision, device, inference batch, decode
+    threads, chunk size, Dask scheduler, int8 calibration or variant,
+    degenerate images, progress bar) is ``options``, an
+    :class:`~xrayfx.extraction.options.ExtractionOptions`; its field names are
+    also accepted as keyword arguments (``batch_size=8``), on top of ``options``.
     Unreadable or undecodable files are skipped and listed; ``strict`` turns any
-    skip into an error after everything else has been cached. ``scheduler``
-    (``tcp://HOST:PORT`` or ``local:N``) runs the missing part on a Dask cluster.
-    ``precision="int8"`` runs a static int8 variant calibrated on ``calibration``
-    (a folder or manifest; see :func:`xrayfx.models.quantize.ensure_int8` for the default);
-    its cache group is tagged with the calibration set's hash. ``model_path`` names
-    the exact registered int8 variant to use instead (what a run was trained with).
-    Degenerate images (constant, tiny, a strip, fully transparent) are skipped with
-    a reason unless ``keep_degenerate``. Warnings (damaged cache chunks recomputed,
-    16-bit images that look 12-bit) go to ``log``, else to Python's warnings, and
-    are listed in ``result.warnings``.
+    skip into an error after everything else has been cached. A Dask
+    ``scheduler`` (``tcp://HOST:PORT`` or ``local:N``) runs the missing part on
+    a cluster. ``precision="int8"`` runs a static int8 variant calibrated on
+    ``calibration`` (see :func:`xrayfx.models.quantize.ensure_int8` for the
+    default); its cache group is tagged with the calibration set's hash.
+    ``model_path`` names the exact registered int8 variant to use instead (what
+    a run was trained with). Warnings (damaged cache chunks recomputed, 16-bit
+    images that look 12-bit) go to ``log``, else to Python's warnings, and are
+    listed in ``result.warnings``.
     ``read_only_ok`` (predict, report): on a read-only cache, read what is cached and compute
     the rest in memory without caching it; otherwise a read-only cache is an error before any work.
     """
+    opts = ExtractionOptions.merged(options, **option_kwargs)
     cache_dir = check_cache_dir(cache_dir)
     read_only = not is_writable(cache_dir)
     if read_only and not read_only_ok:
         require_writable_cache(cache_dir)
-    _check_options(batch_size, workers, runtime, precision)
-    check_runtime(runtime, precision, device)  # e.g. fp16 on a CPU fails before any export
-    if scheduler:
-        parse_scheduler(scheduler)  # a bad --scheduler fails before any work, even when all is cached
+    check_runtime(opts.runtime, opts.precision, opts.device)  # e.g. fp16 on a CPU fails before any export
+    if opts.scheduler:
+        parse_scheduler(opts.scheduler)  # a bad --scheduler fails before any work, even when all is cached
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     config = config or model_config(model, weights, seed, preprocess, resize, cache_dir=cache_dir)
     exported = _registered_export(config, cache_dir) if read_only else export_model(config, cache_dir, log=log)
-    cache_precision = precision
-    if precision == "int8":
-        if model_path is not None:
-            variant = int8_variant_at(exported, model_path)
+    cache_precision = opts.precision
+    if opts.precision == "int8":
+        if opts.model_path is not None:
+            variant = int8_variant_at(exported, opts.model_path)
         else:
-            variant = ensure_int8(exported, calibration=calibration, data=dataset, log=log)
-        model_path, cache_precision = variant.path, variant.cache_precision
+            variant = ensure_int8(exported, calibration=opts.calibration, data=dataset, log=log)
+        opts = replace(opts, model_path=variant.path)
+        cache_precision = variant.cache_precision
     else:
-        model_path = None
+        opts = replace(opts, model_path=None)
     if read_only:
-        cache = MemoryRows(_existing_group(cache_dir, cache_group_for(config, runtime, cache_precision)),
-                           config.spec.embedding_size, chunk_rows)
+        cache = MemoryRows(_existing_group(cache_dir, cache_group_for(config, opts.runtime, cache_precision)),
+                           config.spec.embedding_size, opts.chunk_rows)
     else:
-        cache = open_cache(config, exported, cache_dir, runtime, cache_precision, chunk_rows)
+        cache = open_cache(config, exported, cache_dir, opts.runtime, cache_precision, opts.chunk_rows)
 
     skipped = [Skip(str(r.path), r.error or "") for r in dataset.unreadable]
     t0 = time.perf_counter()
@@ -213,19 +209,14 @@ def extract(
         todo = [first_of[i] for i in cache.missing(list(first_of))]
         if todo and read_only and log:
             log(f"cache {cache_dir} is read-only: {len(todo)} image(s) not in it are embedded in memory, not cached")
-        if todo and scheduler and not read_only:
-            new_skips, n_new = extract_missing_distributed(
-                todo, exported, cache, config, scheduler=scheduler, runtime=runtime, precision=precision,
-                device=device, batch_size=batch_size, progress=progress, on_chunk_done=on_chunk_done,
-                model_path=model_path, keep_degenerate=keep_degenerate,
-            )
+        if todo and opts.scheduler and not read_only:
+            new_skips, n_new = extract_missing_distributed(todo, exported, cache, config, opts,
+                                                           on_chunk_done=on_chunk_done)
             skipped += new_skips
         elif todo:
-            extractor = make_extractor(exported, runtime, precision, device, model_path=model_path)
+            extractor = make_extractor(exported, opts.runtime, opts.precision, opts.device, model_path=opts.model_path)
             providers = list(extractor.providers)
-            new_skips, n_new = _extract_missing(
-                todo, extractor, cache, config, batch_size, workers, progress, on_chunk_done, keep_degenerate
-            )
+            new_skips, n_new = _extract_missing(todo, extractor, cache, config, opts, on_chunk_done)
             skipped += new_skips
     seconds = time.perf_counter() - t0
     low_depth = low_bit_depth_warning(take_low_bit_depth())
@@ -251,7 +242,7 @@ def extract(
         n_cached=len({r.image_id for r in usable}) - n_new,
         seconds=seconds,
         providers=providers,
-        model_path=Path(model_path) if model_path is not None else None,
+        model_path=Path(opts.model_path) if opts.model_path is not None else None,
         warnings=repaired + ([low_depth] if low_depth else []),
     )
     if skipped and not read_only:
@@ -330,26 +321,15 @@ class MemoryRows:
         return out
 
 
-def _check_options(batch_size: int, workers: int, runtime: str, precision: str) -> None:
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    check_runtime(runtime, precision)
-
-
 def _extract_missing(
     todo: list[ImageRecord],
     extractor: Embedder,
     cache: EmbeddingCache,
     config: ModelConfig,
-    batch_size: int,
-    workers: int,
-    show_progress: bool,
+    opts: ExtractionOptions,
     on_chunk_done: Callable[[int], None] | None,
-    keep_degenerate: bool = False,
 ) -> tuple[list[Skip], int]:
-    prep = config.preprocessing
+    prep, batch_size = config.preprocessing, opts.batch_size
     chunks = iter(cache.allocate_chunks(math.ceil(len(todo) / cache.chunk_rows)))
     skips: list[Skip] = []
     buf_ids: list[str] = []
@@ -369,8 +349,9 @@ def _extract_missing(
         if on_chunk_done:
             on_chunk_done(chunks_done)
 
-    with ImageProgress(show_progress, len(todo), f"extract {config.spec.name}") as bar:
-        stream = decoded_stream(todo, lambda p: images.load_image(p, prep, keep_degenerate), workers, lookahead=max(2 * cache.chunk_rows, 8))
+    with ImageProgress(opts.progress, len(todo), f"extract {config.spec.name}") as bar:
+        stream = decoded_stream(todo, lambda p: images.load_image(p, prep, opts.keep_degenerate), opts.workers,
+                                lookahead=max(2 * cache.chunk_rows, 8))
         try:
             for record, image, reason in stream:
                 if image is None:

@@ -33,6 +33,7 @@ from xrayfx.data.images import load_image
 from xrayfx.metrics import DEFAULT_RESAMPLES
 from xrayfx.models.config import ModelConfig
 from xrayfx.extraction.pipeline import extract
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.models.quantize import int8_model_of_run
 from xrayfx.report import audit, explain_section, external
 from xrayfx.report import figures as figs
@@ -269,8 +270,8 @@ def _embeddings(run: RunData, cache_dir: Path, log: Callable[[str], None]) -> tu
     config = ModelConfig.from_dict(model, source=f"run config {run.path / 'config.json'}")
     log(f"embeddings of {Path(manifest).name} for the audit (from the cache)")
     model_path = int8_model_of_run(export_model(config, cache_dir), run.config) if precision == "int8" else None
-    result = extract(data=manifest, config=config, cache_dir=cache_dir, runtime=runtime, precision=precision,
-                     progress=False, model_path=model_path, read_only_ok=True)
+    options = ExtractionOptions(runtime=runtime, precision=precision, progress=False, model_path=model_path)
+    result = extract(data=manifest, config=config, cache_dir=cache_dir, options=options, read_only_ok=True)
     return result, notes
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xrayfx import metrics as M
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.csvsafe import csv_text, read_csv_dicts
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.study.runs import SPLIT_FILE, Run, check_run_id, load_run, resolve_run
@@ -179,8 +180,8 @@ def evaluate(
     out = _output_folder(loaded, data, name, force)
     data_cache = Path(cache_dir) if cache_dir is not None else cache_dir_of(run_path)
     dataset, given = _labelled(data)
-    scored = score(loaded, dataset, given, data_cache, device=device, batch_size=batch_size, workers=workers,
-                   progress=progress, log=log)
+    options = ExtractionOptions(device=device, batch_size=batch_size, workers=workers, progress=progress)
+    scored = score(loaded, dataset, given, data_cache, options, log=log)
     recs = scored.records
     labels = np.array([r.label or "" for r in recs], dtype=object)
     in_run = np.isin(labels, list(record.labels))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,6 +36,7 @@ from xrayfx.exceptions import DataError, UsageError
 from xrayfx.study.heads import make_head
 from xrayfx.study.heads.persist import HISTORY_FIELDS, save_head, write_history_csv
 from xrayfx.models.config import ModelConfig, model_config
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.study.runs import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -195,10 +196,7 @@ def _train_fold(
         source = JitterSource(
             extracted.exported, extracted.config, cache_dir, rows.ids[tr].tolist(), rows.paths[tr].tolist(),
             rows.labels[tr].astype(str), n=opts.augment, seed=train_seed, epochs=epochs, params=jitter["params"],
-            main_group=extracted.cache_path.name, runtime=jitter["runtime"], precision=jitter["precision"],
-            device=jitter["device"], batch_size=jitter["batch_size"], workers=jitter["workers"],
-            progress=jitter["progress"], log=log, model_path=extracted.model_path,
-            keep_degenerate=jitter.get("keep_degenerate", False),
+            main_group=extracted.cache_path.name, options=jitter["options"], log=log,
         )
         with source:
             source.prefetch(0)
@@ -272,18 +270,12 @@ def fit_head(
     head: str | HeadOptions = "paper",
     run_id: str | None = None,
     allow_leakage: bool = False,
-    device: str = "cpu",
-    runtime: str = "onnxruntime",
-    precision: str = "fp32",
-    batch_size: int = 32,
-    workers: int = 2,
-    progress: bool = True,
+    extraction: ExtractionOptions | None = None,
     log: Log | None = print,
     config: ModelConfig | None = None,
     jitter_params: Any = None,
-    keep_degenerate: bool = False,
     bit_depth: int | None = None,
-    **head_kwargs: Any,
+    **kwargs: Any,
 ) -> Run:
     """Extract what is not cached, split without leakage, balance, train a head; write and return the run.
 
@@ -295,11 +287,16 @@ def fit_head(
     k_neighbors, augment, train_seed); the older keyword arguments
     (``head_params``, ``balance``, ``k_neighbors``, ``augment``, ``train_seed``)
     are folded into it. The paper head's ``dropout`` defaults to the backbone
-    spec's. See the module docstring for the decision rule. ``keep_degenerate``
-    embeds degenerate images instead of skipping them; ``bit_depth`` sets the significant
-    bits of 16-bit PNGs (part of the preprocessing, recorded in the run).
+    spec's. See the module docstring for the decision rule. ``extraction`` is
+    how the images and their jitters are embedded (an
+    :class:`~xrayfx.extraction.options.ExtractionOptions`: runtime, precision,
+    device, inference batch, decode threads, degenerate images, progress bar);
+    its field names other than ``batch_size`` are also accepted as keyword
+    arguments. ``bit_depth`` sets the significant bits of 16-bit PNGs (part of
+    the preprocessing, recorded in the run).
     """
     log = log or (lambda _m: None)
+    extraction, head_kwargs = _split_extraction_kwargs(extraction, kwargs)
     opts = check_options(
         labels=labels, positive=positive, head=HeadOptions.from_kwargs(head, **head_kwargs), split=split,
         folds=folds, test_size=test_size, val_size=val_size, split_seed=split_seed, run_id=run_id,
@@ -322,10 +319,7 @@ def fit_head(
     t_start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     dataset.require_labels()
-    extracted = pipeline.extract(
-        data=dataset, config=config, cache_dir=cache_dir, device=device, runtime=runtime, precision=precision,
-        batch_size=batch_size, workers=workers, progress=progress, log=log, keep_degenerate=keep_degenerate,
-    )
+    extracted = pipeline.extract(data=dataset, config=config, cache_dir=cache_dir, options=extraction, log=log)
     rows = _select_rows(extracted, opts.labels)
     if rows.left_out:
         log(f"left out {sum(rows.left_out.values())} row(s) with other labels: "
@@ -366,9 +360,7 @@ def fit_head(
         write_parts(parts, writer.path(SPLIT_FILE))
         writer.add(SPLIT_FILE)
         near_dups.write(writer)  # image_hashes.csv, near_duplicates.csv
-        jitter = {"params": jparams, "runtime": runtime, "precision": precision, "device": device,
-                  "batch_size": batch_size, "workers": workers, "progress": progress,
-                  "keep_degenerate": keep_degenerate}
+        jitter = {"params": jparams, "options": replace(extraction, model_path=extracted.model_path)}
         results: list[_FoldResult] = []
         for f, fold_split in parts.folds:
             res = _train_fold(fold=f, split=fold_split, rows=rows, opts=opts, extracted=extracted,
@@ -393,8 +385,8 @@ def fit_head(
             run_id=run_id, extracted=extracted, dataset=dataset, rows=rows, opts=opts, parts=parts, kind=kind,
             split_source=split_source, test_size=test_size, val_size=val_size, split_seed=split_seed,
             train_seed=opts.train_seed, weights_seed=seed, allow_leakage=allow_leakage, leakage=leakage,
-            summary=summary, results=results, decision=decision, jparams=jparams, runtime=runtime,
-            precision=precision, cache_dir=cache_dir, seconds=time.perf_counter() - t_start,
+            summary=summary, results=results, decision=decision, jparams=jparams, runtime=extraction.runtime,
+            precision=extraction.precision, cache_dir=cache_dir, seconds=time.perf_counter() - t_start,
             split_sha256=writer.files[SPLIT_FILE],
         )
         writer.write_text(SUMMARY_FILE, summary_text(run_config, metrics))
@@ -405,6 +397,21 @@ def fit_head(
             writer.abort()
     log(f"run written to {path}")
     return load_run(path, cache_dir)
+
+
+def _split_extraction_kwargs(
+    extraction: ExtractionOptions | None, kwargs: dict[str, Any]
+) -> tuple[ExtractionOptions, dict[str, Any]]:
+    """fit_head's keyword arguments: extraction options folded into one object, the rest for the head."""
+    if "batch_size" in kwargs:
+        raise UsageError(
+            "fit_head(batch_size=…) is ambiguous; expected extraction=ExtractionOptions(batch_size=…) for the "
+            "inference batch, or head=HeadOptions(batch_size=…) for the paper head's training batch "
+            "(fit-head --head-batch-size)."
+        )
+    names = ExtractionOptions.names()
+    picked = {k: v for k, v in kwargs.items() if k in names}
+    return ExtractionOptions.merged(extraction, **picked), {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _check_parts_leakage(parts: FoldParts, allow_leakage: bool) -> dict[str, Any]:

@@ -10,7 +10,7 @@ of its K heads and the mean of their K thresholds.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +30,7 @@ from xrayfx.data.images import is_image_path
 from xrayfx.models.config import ModelConfig
 from xrayfx.models.export import export_model
 from xrayfx.extraction.pipeline import extract
+from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.models.quantize import int8_model_of_run
 from xrayfx.util import atomic_write_text
 
@@ -143,22 +144,19 @@ def cache_dir_of(run_path: Path) -> Path:
     return run_path.parent.parent if run_path.parent.name == "runs" else Path("cache")
 
 
-def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, *, device: str = "cpu",
-          batch_size: int = 32, workers: int = 2, progress: bool = True, log: Log = print,
-          keep_degenerate: bool = False) -> Scored:
+def score(run: Run, dataset: Dataset, given: list[str], data_cache: Path, options: ExtractionOptions, *,
+          log: Log = print) -> Scored:
     """Embed what is missing (run's backbone, preprocessing, runtime, precision) and apply head and threshold.
 
+    ``options`` says how to embed (device, batch, threads…); the runtime and precision are the run's.
     An int8 run embeds with the exact int8 model it was trained with (its recorded cache group)."""
 
     record = run.record
     heads = load_heads(run)
     model = ModelConfig.from_dict(record.model, source=f"run config {run.path / 'config.json'}")
     model_path = int8_model_of_run(export_model(model, data_cache), run.config) if record.precision == "int8" else None
-    extracted = extract(
-        data=dataset, config=model, cache_dir=data_cache, device=device,
-        runtime=record.runtime, precision=record.precision, batch_size=batch_size, workers=workers,
-        progress=progress, log=log, model_path=model_path, keep_degenerate=keep_degenerate, read_only_ok=True,
-    )
+    options = replace(options, runtime=record.runtime, precision=record.precision, model_path=model_path)
+    extracted = extract(data=dataset, config=model, cache_dir=data_cache, options=options, log=log, read_only_ok=True)
     given_of = {id(r): g for r, g in zip(dataset.records, given)}
     bad = {s.image_id for s in extracted.skipped if s.image_id}
     usable = [r for r in dataset.ok if r.image_id not in bad]
@@ -209,8 +207,9 @@ def predict(
     loaded = load_run(run_path, cache_dir or "cache")
     data_cache = Path(cache_dir) if cache_dir is not None else cache_dir_of(run_path)
     dataset, given = collect(inputs)
-    scored = score(loaded, dataset, given, data_cache, device=device, batch_size=batch_size, workers=workers,
-                   progress=progress, log=log, keep_degenerate=keep_degenerate)
+    options = ExtractionOptions(device=device, batch_size=batch_size, workers=workers, progress=progress,
+                                keep_degenerate=keep_degenerate)
+    scored = score(loaded, dataset, given, data_cache, options, log=log)
     record, dec = loaded.record, loaded.record.decision
     extra = [c for c in scored.columns if c not in ("path", "image_id")]
     columns = ["path", "image_id", *(f"p_{c}" for c in record.labels), "predicted", "threshold", *extra]
