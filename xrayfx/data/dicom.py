@@ -1,7 +1,8 @@
 """DICOM decoding (the ``dicom`` extra): pydicom, modality LUT, the BitsStored range, MONOCHROME1.
 
-Split from :mod:`xrayfx.data.images`, which dispatches DICOM files here; every data
-problem raises :class:`~xrayfx.exceptions.ImageDecodeError`.
+Split from :mod:`xrayfx.data.images`, which dispatches DICOM files here (the pixel helpers
+both use are in :mod:`xrayfx.data.pixels`); every data problem raises
+:class:`~xrayfx.exceptions.ImageDecodeError`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xrayfx.exceptions import ImageDecodeError
-from xrayfx.data.images import _DICOM_MAGIC_OFFSET, _check_pixel_count, scale_16bit
+from xrayfx.data.pixels import DICOM_MAGIC_OFFSET, check_pixel_count, scale_16bit
 
 
 def decode_dicom(data: bytes, name: str) -> np.ndarray:
@@ -55,7 +56,7 @@ def _import_pydicom(name: str) -> Any:
 
 def _read_dicom(pydicom: Any, data: bytes, name: str) -> Any:
     """Parse the dataset; files without the 128-byte preamble are read with ``force``."""
-    has_magic = data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    has_magic = data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -71,7 +72,7 @@ def _read_dicom(pydicom: Any, data: bytes, name: str) -> Any:
             "no image in this DICOM file (no Pixel Data, Rows or Columns): a report, or not "
             "DICOM at all despite its suffix; remove it",
         )
-    _check_pixel_count(cols, rows, name)
+    check_pixel_count(cols, rows, name)
     return ds
 
 

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from xrayfx.data.dicom import decode_dicom
 from xrayfx.data.files import read_regular_bytes
+from xrayfx.data.pixels import DICOM_MAGIC_OFFSET, MAX_PIXELS, check_pixel_count, scale_16bit
 from xrayfx.data.quality import TWELVE_BIT_MAX, check_degenerate, note_low_bit_depth
 from xrayfx.exceptions import ImageDecodeError, UsageError
 
@@ -52,11 +54,6 @@ __all__ = [
     "to_rgb_uint8",
 ]
 
-#: Largest image accepted, in pixels. A radiograph is at most about 4300 x 4300
-#: (18 MP); 60 MP leaves room for stitched or scanned films while refusing
-#: decompression bombs before any pixel is decoded.
-MAX_PIXELS: int = 60_000_000
-
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 #: File suffixes treated as images when class folders are scanned.
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
@@ -70,7 +67,6 @@ RESIZE_MODES = ("stretch", "crop")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _LFS_PREFIX = b"version https://git-lfs.github.com/spec/"
-_DICOM_MAGIC_OFFSET = 128
 _EXIF_ORIENTATION = ExifTags.Base.Orientation
 _ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
@@ -199,21 +195,6 @@ def to_rgb_uint8(img: Image.Image, bits: int | None = None) -> np.ndarray:
     return _as_rgb(_to_planes(img, bits))
 
 
-def scale_16bit(arr: np.ndarray, bits: int) -> np.ndarray:
-    """Scale integer samples with ``bits`` significant bits to uint8, never clipping valid ones.
-
-    ``out = round(v * 255 / (2**bits - 1))``; values above ``2**bits - 1`` (a
-    malformed file) come out as 255 because the clip happens after scaling.
-    Pillow's ``convert("L")`` must not be used instead: it clips 256, 4095 and
-    65535 all to 255.
-    """
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 32:
-        raise UsageError(f"bits must be an integer in [1, 32]; got {bits!r}")
-    top = float((1 << int(bits)) - 1)
-    scaled = np.rint(np.asarray(arr, dtype=np.float64) * (255.0 / top))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
-
-
 def png_significant_bits(data: bytes) -> int | None:
     """The greyscale significant bits from a PNG's ``sBIT`` chunk, or None.
 
@@ -244,8 +225,6 @@ def _decode_planes(
     _check_draft_size(draft_size)
     _reject_non_image(data, name)
     if _is_dicom(data, name):
-        from xrayfx.data.dicom import decode_dicom
-
         return decode_dicom(data, name)
     return _decode_pillow(data, name, draft_size, bit_depth)
 
@@ -267,7 +246,7 @@ def _reject_non_image(data: bytes, name: str) -> None:
 
 def _is_dicom(data: bytes, name: str) -> bool:
     """DICOM by the ``DICM`` magic at offset 128, or by suffix unless the bytes are PNG/JPEG."""
-    if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
         return True
     if data.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE)):
         return False
@@ -279,16 +258,6 @@ def _as_rgb(planes: np.ndarray) -> np.ndarray:
     if planes.ndim == 2:
         planes = np.repeat(planes[:, :, None], 3, axis=2)
     return np.ascontiguousarray(planes, dtype=np.uint8)
-
-
-def _check_pixel_count(width: int, height: int, name: str) -> None:
-    if width * height > MAX_PIXELS:
-        raise ImageDecodeError(
-            name,
-            f"image of {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the "
-            f"{MAX_PIXELS / 1e6:.0f}-megapixel limit for radiographs (a decompression bomb?); "
-            "downscale it first if it is genuine",
-        )
 
 
 def _is_size_pair(value: Any) -> bool:
@@ -380,7 +349,7 @@ def _open_pillow(data: bytes, name: str) -> Image.Image:
         raise ImageDecodeError(name, _unidentified_reason(data)) from exc
     except _PIL_DATA_ERRORS as exc:
         raise ImageDecodeError(name, _pillow_reason(exc)) from exc
-    _check_pixel_count(img.width, img.height, name)
+    check_pixel_count(img.width, img.height, name)
     return img
 
 

@@ -1,7 +1,9 @@
 """The identity of a model: backbone spec, weights source and preprocessing, and its exported ONNX file.
 
 Everything that fixes an embedding, without the exporter (TensorFlow): inference,
-quantisation, augmentation and training import these types from here.
+quantisation, augmentation and training import these types from here. An export's sidecar
+is found and read (:func:`load_exported`) and committed (:func:`commit_export`) here too,
+so the Keras exporter and the wrapper of added ONNX backbones share one implementation.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xrayfx.data.preprocessing import Preprocessing
-from xrayfx.exceptions import IntegrityError, UsageError, WeightsError
-from xrayfx.models.custom import ADDED_DIR, is_added_record, is_added_spec, spec_from_dict
-from xrayfx.models.registry import BackboneSpec, get_spec, resolve_preprocessing
-from xrayfx.util import atomic_write_json, import_keras_quietly, library_versions, sha256_file, sha256_json
+from xrayfx.exceptions import CacheError, IntegrityError, UsageError, WeightsError
+from xrayfx.models.registry import get_spec, resolve_preprocessing
+from xrayfx.models.spec import ADDED_DIR, BackboneSpec, is_added_record, is_added_spec, spec_from_dict
+from xrayfx.util import atomic_write_json, import_keras_quietly, library_versions, read_json, sha256_file, sha256_json
 
 WEIGHT_SUFFIXES = (".h5", ".weights.h5", ".keras", ".pth")
+OPSET = 17  # the ONNX opset of Keras exports (and of a wrapped graph whose source declares none)
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,38 @@ def sidecar_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
+def load_exported(config: ModelConfig, cache_dir: str | Path) -> ExportedModel | None:
+    """The registered export of this config, or None if there is none yet."""
+    path = config.onnx_path(cache_dir)
+    side = sidecar_path(path)
+    if not (path.is_file() and side.is_file()):
+        return None
+    sidecar = _read_sidecar(side, path)
+    if sidecar.get("fingerprint") != config.fingerprint:
+        return None
+    return ExportedModel(config=config, path=path, sidecar=sidecar)
+
+
+#: Sidecar keys that extraction relies on, with their JSON types.
+_SIDECAR_KEYS = {"fingerprint": str, "onnx_sha256": str}
+
+
+def _read_sidecar(side: Path, onnx: Path) -> dict[str, Any]:
+    """The sidecar JSON of an export; CacheError with the fix when it is truncated, edited or not an object."""
+    fix = (f"it was truncated or edited after export. Fix: delete {side} and {onnx} and rerun (the model is "
+           "exported again), or restore the file")
+    try:
+        sidecar = read_json(side)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CacheError(f"model sidecar {side} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(sidecar, dict):
+        raise CacheError(f"model sidecar {side} holds a {type(sidecar).__name__}, not an object; {fix}")
+    bad = [k for k, t in _SIDECAR_KEYS.items() if not isinstance(sidecar.get(k), t)]
+    if bad:
+        raise CacheError(f"model sidecar {side} lacks a valid {', '.join(bad)}; {fix}")
+    return sidecar
+
+
 def keras_home() -> Path:
     """Keras' cache root, as Keras itself resolves it."""
     if os.environ.get("KERAS_HOME"):
@@ -259,3 +296,30 @@ def has_external_data(onnx_file: str | Path) -> bool:
 
     model = onnx.load(str(onnx_file), load_external_data=False)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def count_gflops(onnx_file: Path) -> float | None:
+    """GFLOP per image of the Conv/MatMul/Gemm nodes (a multiply-add counts as 2)."""
+    import onnx
+    from onnx import shape_inference
+
+    try:
+        model = shape_inference.infer_shapes(onnx.load(str(onnx_file)))
+    except (onnx.onnx_cpp2py_export.shape_inference.InferenceError, ValueError):
+        return None
+    shapes: dict[str, list[int]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    flops = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in inits:
+            out = shapes[node.output[0]]
+            wshape = inits[node.input[1]]  # (M, C/group, kh, kw)
+            flops += 2 * int(np.prod(out[1:])) * int(np.prod(wshape[1:]))
+        elif node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
+            k, n = inits[node.input[1]][-2:]
+            rows = int(np.prod(shapes.get(node.output[0], [1])[:-1])) or 1
+            flops += 2 * rows * k * n
+    return round(flops / 1e9, 3) if flops else None

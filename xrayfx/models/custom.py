@@ -7,6 +7,8 @@ and refuses what it cannot run safely (see :mod:`xrayfx.models.onnx_checks`).
 From then on ``--model NAME`` resolves through :func:`xrayfx.models.registry.get_spec`
 with that ``cache_dir``, and :func:`xrayfx.models.wrap.export_added` wraps the
 file into xrayfx's uint8-in, embedding-out graph like any built-in export.
+:class:`~xrayfx.models.spec.OnnxBackboneSpec` and the reading of the registry file are in
+:mod:`xrayfx.models.spec`; this module adds and removes.
 """
 
 from __future__ import annotations
@@ -15,158 +17,48 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from xrayfx.exceptions import BackboneRefusedError, UsageError
-from xrayfx.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from xrayfx.models.registry import REGISTRY, BackboneSpec
+from xrayfx.models import onnx_checks
+from xrayfx.models.registry import REGISTRY
+# The specs and the reading of the registry file live in xrayfx.models.spec (below the registry,
+# the exporter and the wrapper); the names not used here are re-exported from their old place.
+from xrayfx.models.spec import (  # noqa: F401
+    ADDED_DIR,
+    ADDED_NORMALISATIONS,
+    NORMALISATION_MEAN_STD,
+    REGISTRY_FILE,
+    SCHEMA,
+    OnnxBackboneSpec,
+    added_names,
+    copy_path,
+    is_added_record,
+    is_added_spec,
+    list_added,
+    load_added_spec,
+    mean_std,
+    models_dir,
+    read_registry,
+    registry_path,
+    spec_from_dict,
+)
 from xrayfx.util import atomic_write_json, read_json, sha256_file
 
-ADDED_DIR = "added"  # CACHE/models/added/NAME-<sha12>.onnx: the verbatim copies
-REGISTRY_FILE = "added-models.json"  # CACHE/models/added-models.json
-SCHEMA = 1
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.]*(-[a-z0-9_.]+)*$")
 NAME_MAX = 48
 RESERVED_NAMES = ("paper", "all", "added")
 LAYOUTS = ("nchw", "nhwc")
 POOLS = ("none", "avg")
-#: (mean, std) on pixels scaled to [0, 1]; the graph computes (x / 255 - mean) / std.
-NORMALISATION_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "tf": ((0.5,), (0.5,)),  # [-1, 1]
-    "torch": (tuple(float(v) for v in IMAGENET_MEAN), tuple(float(v) for v in IMAGENET_STD)),
-    "unit": ((0.0,), (1.0,)),  # [0, 1]
-    "xrv": ((0.5,), (1.0 / 2048.0,)),  # torchxrayvision: [-1024, 1024]
-}
-ADDED_NORMALISATIONS = (*NORMALISATION_MEAN_STD, "custom")
-
-
-@dataclass(frozen=True)
-class OnnxBackboneSpec(BackboneSpec):
-    """A backbone added from an ONNX file: what the graph expects and gives, and where its copy is."""
-
-    kind: str = "onnx"
-    onnx_file: str = ""  # file name under CACHE/models/added/
-    onnx_sha256: str = ""
-    input_name: str = ""
-    output_name: str = ""
-    input_shape: tuple[Any, ...] = ()  # as declared in the graph; None where dynamic
-    layout: str = "nhwc"
-    channels: int = 3
-    pool: str = "none"
-    mean: tuple[float, ...] | None = None  # --normalisation custom only
-    std: tuple[float, ...] | None = None
-    opset: int = 0
-    source: str = ""
-    added: str = ""
-
-    def identity(self) -> dict[str, Any]:
-        """What fixes the embedding: the file's sha256 and how it is fed and read out."""
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "onnx_sha256": self.onnx_sha256,
-            "input_name": self.input_name,
-            "output_name": self.output_name,
-            "layout": self.layout,
-            "channels": self.channels,
-            "pool": self.pool,
-            "embedding_size": self.embedding_size,
-            "input_size": list(self.input_size),
-        }
-
-    def input_format(self, normalise: str) -> dict[str, Any]:
-        """Channels and layout of the graph's input; mean/std when the normalisation is custom."""
-        custom = normalise == "custom"
-        return {
-            "channels": self.channels,
-            "layout": self.layout,
-            "mean": self.mean if custom else None,
-            "std": self.std if custom else None,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable view (also the registry entry and the record runs keep)."""
-        d = super().to_dict()
-        d["input_shape"] = list(self.input_shape)
-        for key in ("mean", "std"):
-            d[key] = list(d[key]) if d[key] is not None else None
-        return d
-
-
-def is_added_spec(spec: Any) -> bool:
-    """Whether a spec is an added ONNX backbone."""
-    return isinstance(spec, OnnxBackboneSpec)
-
-
-def is_added_record(d: Any) -> bool:
-    """Whether a recorded spec dict describes an added ONNX backbone."""
-    return isinstance(d, dict) and d.get("kind") == "onnx"
-
-
-def spec_from_dict(d: dict[str, Any]) -> OnnxBackboneSpec:
-    """Rebuild an added spec from its registry entry or a run's record."""
-    known = {f.name for f in fields(OnnxBackboneSpec)}
-    kw = {k: v for k, v in d.items() if k in known}
-    for key in ("input_size", "native_size", "input_shape"):
-        kw[key] = tuple(kw.get(key) or ())
-    kw["constructor_kwargs"] = tuple(tuple(kv) for kv in kw.get("constructor_kwargs") or ())
-    for key in ("mean", "std"):
-        kw[key] = tuple(kw[key]) if kw.get(key) is not None else None
-    return OnnxBackboneSpec(**kw)
 
 
 # --------------------------------------------------------------------------------------------
-# The registry file of one cache folder.
-
-
-def models_dir(cache_dir: str | Path) -> Path:
-    """CACHE/models: exports, and the added models' registry file."""
-    return Path(cache_dir) / "models"
-
-
-def registry_path(cache_dir: str | Path) -> Path:
-    """CACHE/models/added-models.json."""
-    return models_dir(cache_dir) / REGISTRY_FILE
-
-
-def copy_path(spec: OnnxBackboneSpec, cache_dir: str | Path) -> Path:
-    """Where the verbatim copy of an added model's ONNX file lives."""
-    return models_dir(cache_dir) / ADDED_DIR / spec.onnx_file
-
-
-def _read_registry(cache_dir: str | Path) -> dict[str, dict[str, Any]]:
-    path = registry_path(cache_dir)
-    if not path.is_file():
-        return {}
-    doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("models"), dict):
-        raise UsageError(
-            f"{path} is not an xrayfx added-models registry (schema {SCHEMA}); expected "
-            '{"schema": 1, "models": {...}}. Fix: restore it, or delete it and add the models again.'
-        )
-    return doc["models"]
+# Writing the registry file of one cache folder (read in xrayfx.models.spec).
 
 
 def _write_registry(cache_dir: str | Path, models: dict[str, dict[str, Any]]) -> None:
     atomic_write_json(registry_path(cache_dir), {"schema": SCHEMA, "models": models})
-
-
-def added_names(cache_dir: str | Path) -> list[str]:
-    """Names of the models added to a cache folder, sorted."""
-    return sorted(_read_registry(cache_dir))
-
-
-def load_added_spec(name: str, cache_dir: str | Path) -> OnnxBackboneSpec | None:
-    """The spec of a model added to ``cache_dir``, or None."""
-    entry = _read_registry(cache_dir).get(name.strip().lower())
-    return spec_from_dict(entry) if entry is not None else None
-
-
-def list_added(cache_dir: str | Path) -> list[OnnxBackboneSpec]:
-    """Specs of every model added to a cache folder, by name."""
-    return [spec_from_dict(entry) for _, entry in sorted(_read_registry(cache_dir).items())]
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,15 +110,6 @@ def resolve_normalisation(
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def mean_std(prep: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on [0, 1] pixels that a preprocessing of an added model applies."""
-    if prep.normalise == "custom":
-        return tuple(prep.mean), tuple(prep.std)
-    if prep.normalise not in NORMALISATION_MEAN_STD:
-        raise UsageError(f"normalisation {prep.normalise!r} is not one of {', '.join(ADDED_NORMALISATIONS)}")
-    return NORMALISATION_MEAN_STD[prep.normalise]
-
-
 def add_model(
     name: str,
     onnx: str | Path,
@@ -249,10 +132,8 @@ def add_model(
     Raises :class:`BackboneRefusedError` (nothing registered, no copy left) when the
     file cannot be run safely. See the module docstring.
     """
-    from xrayfx.models import onnx_checks
-
     key = check_name(name)
-    if key in _read_registry(cache_dir):
+    if key in read_registry(cache_dir):
         raise BackboneRefusedError(
             f"{key!r} is already added to {cache_dir}; names are never silently replaced. "
             f"Fix: `xrayfx models remove {key} --cache-dir {cache_dir}` first, or choose another name."
@@ -282,7 +163,7 @@ def add_model(
         )
         size = onnx_checks.run_test_batch(spec, copy, log=log)
         spec = _with_embedding_size(spec, size)
-        models = _read_registry(cache_dir)
+        models = read_registry(cache_dir)
         models[key] = spec.to_dict()
         _write_registry(cache_dir, models)
     except BaseException:
@@ -313,7 +194,7 @@ def remove_model(name: str, cache_dir: str | Path = "cache") -> list[Path]:
     Embeddings already cached stay (they are keyed by fingerprint and harmless).
     """
     key = name.strip().lower()
-    models = _read_registry(cache_dir)
+    models = read_registry(cache_dir)
     if key not in models:
         if key in REGISTRY:
             raise UsageError(f"{key!r} is a built-in backbone; only added models can be removed")

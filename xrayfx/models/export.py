@@ -26,44 +26,22 @@ import numpy as np
 from xrayfx import exceptions
 from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.exceptions import ExportError, ParityError, WeightsError
-from xrayfx.models.config import ExportedModel, ModelConfig, commit_export, has_external_data, sidecar_path
+# load_exported, count_gflops and OPSET live in config (the wrapper shares them); importable from here as before.
+from xrayfx.models.config import (
+    OPSET,
+    ExportedModel,
+    ModelConfig,
+    commit_export,
+    count_gflops,
+    has_external_data,
+    load_exported,
+)
+from xrayfx.models.spec import is_added_spec
+from xrayfx.models.wrap import export_added
 from xrayfx.util import atomic_write_json, import_keras_quietly, read_json, sha256_file
 
-OPSET = 17
 PARITY_RTOL = 1e-4  # max |onnx - keras| must stay below PARITY_RTOL * max |keras|
 PARITY_BATCHES = (1, 8)
-
-
-def load_exported(config: ModelConfig, cache_dir: str | Path) -> ExportedModel | None:
-    """The registered export of this config, or None if there is none yet."""
-    path = config.onnx_path(cache_dir)
-    side = sidecar_path(path)
-    if not (path.is_file() and side.is_file()):
-        return None
-    sidecar = _read_sidecar(side, path)
-    if sidecar.get("fingerprint") != config.fingerprint:
-        return None
-    return ExportedModel(config=config, path=path, sidecar=sidecar)
-
-
-#: Sidecar keys that extraction relies on, with their JSON types.
-_SIDECAR_KEYS = {"fingerprint": str, "onnx_sha256": str}
-
-
-def _read_sidecar(side: Path, onnx: Path) -> dict[str, Any]:
-    """The sidecar JSON of an export; CacheError with the fix when it is truncated, edited or not an object."""
-    fix = (f"it was truncated or edited after export. Fix: delete {side} and {onnx} and rerun (the model is "
-           "exported again), or restore the file")
-    try:
-        sidecar = read_json(side)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise exceptions.CacheError(f"model sidecar {side} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(sidecar, dict):
-        raise exceptions.CacheError(f"model sidecar {side} holds a {type(sidecar).__name__}, not an object; {fix}")
-    bad = [k for k, t in _SIDECAR_KEYS.items() if not isinstance(sidecar.get(k), t)]
-    if bad:
-        raise exceptions.CacheError(f"model sidecar {side} lacks a valid {', '.join(bad)}; {fix}")
-    return sidecar
 
 
 def export_model(
@@ -81,11 +59,7 @@ def export_model(
     and then uses it, instead of racing it over the same files.
     An added ONNX backbone is wrapped (uint8 input, preprocessing) instead, without TensorFlow.
     """
-    from xrayfx.models.custom import is_added_spec
-
     if is_added_spec(config.spec):
-        from xrayfx.models.wrap import export_added
-
         return export_added(config, cache_dir, force=force, log=log)
     if not force:
         existing = load_exported(config, cache_dir)
@@ -236,33 +210,6 @@ def check_parity(model, onnx_file: Path, config: ModelConfig, images: np.ndarray
                 "the model was not registered. Report this with the versions in `xrayfx --version`."
             )
     return report
-
-
-def count_gflops(onnx_file: Path) -> float | None:
-    """GFLOP per image of the Conv/MatMul/Gemm nodes (a multiply-add counts as 2)."""
-    import onnx
-    from onnx import shape_inference
-
-    try:
-        model = shape_inference.infer_shapes(onnx.load(str(onnx_file)))
-    except (onnx.onnx_cpp2py_export.shape_inference.InferenceError, ValueError):
-        return None
-    shapes: dict[str, list[int]] = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
-    inits = {t.name: list(t.dims) for t in model.graph.initializer}
-    flops = 0
-    for node in model.graph.node:
-        if node.op_type == "Conv" and node.output[0] in shapes and node.input[1] in inits:
-            out = shapes[node.output[0]]
-            wshape = inits[node.input[1]]  # (M, C/group, kh, kw)
-            flops += 2 * int(np.prod(out[1:])) * int(np.prod(wshape[1:]))
-        elif node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
-            k, n = inits[node.input[1]][-2:]
-            rows = int(np.prod(shapes.get(node.output[0], [1])[:-1])) or 1
-            flops += 2 * rows * k * n
-    return round(flops / 1e9, 3) if flops else None
 
 
 def run_export(request: dict[str, Any]) -> dict[str, Any]:

@@ -1,86 +1,24 @@
-"""Backbone specs: one frozen dataclass per backbone, and preprocessing resolved once.
+"""The built-in backbones, name resolution, and preprocessing resolved once.
 
-A spec says how to build the backbone, what it expects and what it gives. The
-preprocessing a run uses is resolved from the spec plus the user's explicit
-options by :func:`resolve_preprocessing`; the result is recorded in every
-artefact and is part of the model fingerprint, so no call site hard-codes it.
+One :class:`~xrayfx.models.spec.BackboneSpec` per built-in backbone (the class lives in
+:mod:`xrayfx.models.spec` and is importable from here too). A spec says how to build the
+backbone, what it expects and what it gives. The preprocessing a run uses is resolved from
+the spec plus the user's explicit options by :func:`resolve_preprocessing`; the result is
+recorded in every artefact and is part of the model fingerprint, so no call site hard-codes it.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.exceptions import UnknownBackboneError, UsageError
+from xrayfx.models.spec import BackboneSpec, added_names, load_added_spec
 
 KERAS_APPS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 PREPROCESS_OPTIONS = ("imagenet", "paper")
 RESIZE_OPTIONS = ("stretch", "crop")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything xrayfx needs to know about one frozen feature extractor."""
-
-    name: str
-    constructor: str  # "module:attribute", called as constructor(include_top=False, weights=None, input_shape=..., pooling="avg", **kwargs)
-    embedding_size: int
-    preprocess_mode: str  # one of NORMALISATIONS, the backbone's own ImageNet preprocessing
-    dropout: float  # the paper's head dropout for this backbone
-    license: str
-    params: int  # parameters of the headless backbone
-    gflops: float  # GFLOP per 224x224 image (multiply-add = 2), counted on the exported ONNX graph
-    input_size: tuple[int, int] = (224, 224)  # what xrayfx feeds (the paper: 224x224 for all)
-    native_size: tuple[int, int] = (224, 224)  # the size the ImageNet weights were trained at
-    constructor_kwargs: tuple[tuple[str, Any], ...] = ()
-    imagenet_file: str | None = None  # file name Keras caches under $KERAS_HOME/models
-    imagenet_url: str | None = None
-    # For backbones whose ImageNet weights are not a Keras file: "module:function" returning
-    # the local weight file path, and "module:function(model, path)" that loads it.
-    imagenet_resolver: str | None = None
-    weights_loader: str | None = None
-    paper: bool = False  # one of the four backbones of Cuijpers et al. (2020)
-    description: str = ""
-
-    def build_fn(self) -> Callable[..., Any]:
-        """Import and return the Keras constructor."""
-        return self._resolve(self.constructor)
-
-    @staticmethod
-    def _resolve(ref: str) -> Callable[..., Any]:
-        module_name, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that determine the embedding: what the model fingerprint hashes.
-
-        Descriptive fields (license, description, parameter and FLOP counts) are left
-        out, so correcting them does not invalidate anyone's cache.
-        """
-        return {
-            "name": self.name,
-            "constructor": self.constructor,
-            "constructor_kwargs": [list(kv) for kv in self.constructor_kwargs],
-            "embedding_size": self.embedding_size,
-            "input_size": list(self.input_size),
-            "weights_loader": self.weights_loader,
-        }
-
-    def input_format(self, normalise: str) -> dict[str, Any]:
-        """Channels, layout and custom mean/std the graph is fed with (built-ins: 3-channel NHWC, none)."""
-        return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable view, recorded in sidecars and run configs."""
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        d["native_size"] = list(self.native_size)
-        d["constructor_kwargs"] = [list(kv) for kv in self.constructor_kwargs]
-        return d
 
 
 def _keras(name: str) -> str:
@@ -195,8 +133,6 @@ def get_spec(name: str, cache_dir: str | Path | None = None) -> BackboneSpec:
         return REGISTRY[key]
     added: list[str] = []
     if cache_dir is not None:
-        from xrayfx.models.custom import added_names, load_added_spec
-
         spec = load_added_spec(key, cache_dir)
         if spec is not None:
             return spec

@@ -5,7 +5,8 @@ cast, the mean of the RGB planes for one-channel input, ``(x / 255 - mean) / std
 the NHWC → NCHW transpose — and after it the pooling of a feature map and a
 flatten. Every runtime, the Dask path and the int8 quantiser then run an added
 model exactly like a built-in export. The wrapped file is registered in
-``CACHE/models/`` with a sidecar, per fingerprint, like :func:`xrayfx.models.export.export_model`.
+``CACHE/models/`` with a sidecar, per fingerprint, like :func:`xrayfx.models.export.export_model`
+(which hands added backbones here); the sidecar helpers both use are in :mod:`xrayfx.models.config`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 
 from xrayfx.exceptions import IntegrityError, ParityError
 from xrayfx.data.preprocessing import Preprocessing
+from xrayfx.models.config import OPSET, ExportedModel, commit_export, count_gflops, has_external_data, load_exported
+from xrayfx.models.spec import copy_path, mean_std
 from xrayfx.util import sha256_file, verify_sha256
 
 PARITY_RTOL = 1e-4  # max |wrapped - reference| must stay below PARITY_RTOL * max |reference|
@@ -65,8 +68,6 @@ def _reduce_mean(helper: Any, opset: int, src: str, dst: str, axes: list[int], k
 
 def mean_std_pixels(spec: Any, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) on [0, 255] pixels, float32, one value per input channel."""
-    from xrayfx.models.custom import mean_std
-
     mean, std = mean_std(prep)
     c = prep.channels
     m = np.broadcast_to(np.asarray(mean, dtype=np.float64) * 255.0, (c,)).astype(np.float32)
@@ -210,10 +211,6 @@ def export_added(config: Any, cache_dir: str | Path, force: bool = False,
                  log: Callable[[str], None] | None = None) -> Any:
     """Wrap an added model for one preprocessing, check parity, register it beside the built-in exports."""
     import onnx
-
-    from xrayfx.models.config import ExportedModel, commit_export, has_external_data
-    from xrayfx.models.export import OPSET, count_gflops, load_exported
-    from xrayfx.models.custom import copy_path
 
     if not force:
         existing = load_exported(config, cache_dir)
