@@ -8,6 +8,13 @@ The Python API mirrors the command line::
     import xrayfx
     result = xrayfx.extract(model="mobilenet", data="manifest.csv", weights="weights.h5")
     result.ids, result.labels, result.metadata, result.embeddings
+
+How images are embedded is one typed object, shared by extraction, the Dask
+path and the jitter augmentation; the head has its own::
+
+    fast = xrayfx.ExtractionOptions(batch_size=16, workers=4, precision="int8")
+    run = xrayfx.fit_head(data="manifest.csv", extraction=fast,
+                          head=xrayfx.HeadOptions(head="paper", batch_size=8))
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ __version__ = "0.1.0"
 
 _API = {
     "extract": "xrayfx.extraction.pipeline",
+    "ExtractionOptions": "xrayfx.extraction.options",
+    "HeadOptions": "xrayfx.study.options",
     "export_model": "xrayfx.models.export",
     "model_config": "xrayfx.models.config",
     "load_dataset": "xrayfx.data.manifest",
