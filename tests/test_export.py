@@ -162,8 +162,13 @@ def paper_export(session_cache):
     return get
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", PAPER_BACKBONES)
+#: ``make test`` exports the smallest paper backbone; the three others (about 3 minutes on 2 cores)
+#: run in ``make test-slow``, which CI (``.ci/run``) runs after ``make test``.
+FULL_SIZE_EXPORTS = [name if name == "inceptionv3" else pytest.param(name, marks=pytest.mark.slow)
+                     for name in PAPER_BACKBONES]
+
+
+@pytest.mark.parametrize("name", FULL_SIZE_EXPORTS)
 def test_paper_backbone_random_init_export_and_parity(name, paper_export):
     exported = paper_export(name)
     side = exported.sidecar

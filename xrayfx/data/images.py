@@ -26,19 +26,17 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from xrayfx.data.dicom import decode_dicom
 from xrayfx.data.files import read_regular_bytes
+from xrayfx.data.preprocessing import Preprocessing
 from xrayfx.data.pixels import DICOM_MAGIC_OFFSET, MAX_PIXELS, check_pixel_count, scale_16bit
 from xrayfx.data.quality import TWELVE_BIT_MAX, check_degenerate, note_low_bit_depth
 from xrayfx.exceptions import ImageDecodeError, UsageError
-
-if TYPE_CHECKING:
-    from xrayfx.data.preprocessing import Preprocessing
 
 __all__ = [
     "MAX_PIXELS",

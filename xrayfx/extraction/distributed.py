@@ -47,14 +47,13 @@ from xrayfx.extraction.options import ExtractionOptions
 from xrayfx.data.stream import Skip
 from xrayfx.exceptions import ClusterError, ImageDecodeError, IntegrityError, RuntimeSetupError, UsageError, XrayfxError
 from xrayfx.progress import ImageProgress
+from xrayfx.data.manifest import ImageRecord
+from xrayfx.data.preprocessing import Preprocessing
+from xrayfx.models.config import ExportedModel, ModelConfig
 from xrayfx.inference.runtimes import make_extractor
 
 if TYPE_CHECKING:
-    from distributed import Client
-
-    from xrayfx.data.manifest import ImageRecord
-    from xrayfx.models.config import ExportedModel, ModelConfig
-    from xrayfx.data.preprocessing import Preprocessing
+    from distributed import Client  # dask stays lazy: imported by the functions that use it
 
 __all__ = [
     "BatchResult",
@@ -281,8 +280,8 @@ class _ExtractorPluginBody:
     re-hashed on the worker and must match the client's export.
     """
 
-    def __init__(self, exported: "ExportedModel", options: ExtractionOptions, intra_op_threads: int,
-                 prep: "Preprocessing"):
+    def __init__(self, exported: ExportedModel, options: ExtractionOptions, intra_op_threads: int,
+                 prep: Preprocessing):
         self.exported = exported
         self.model_path = os.path.abspath(options.model_path) if options.model_path is not None else None
         self.runtime = options.runtime
@@ -393,7 +392,7 @@ def embed_batch(
 
 
 def _batches(
-    todo: Sequence["ImageRecord"], chunks: Sequence[int], chunk_rows: int, chunks_per_batch: int
+    todo: Sequence[ImageRecord], chunks: Sequence[int], chunk_rows: int, chunks_per_batch: int
 ) -> Iterator[list[tuple[int, list[tuple[str, str]]]]]:
     """Lazily cut the records into batches of whole chunks (absolute paths, so any worker can read them)."""
     jobs: list[tuple[int, list[tuple[str, str]]]] = []
@@ -408,10 +407,10 @@ def _batches(
 
 
 def extract_missing_distributed(
-    todo: list["ImageRecord"],
-    exported: "ExportedModel",
+    todo: list[ImageRecord],
+    exported: ExportedModel,
     cache: EmbeddingCache,
-    config: "ModelConfig",
+    config: ModelConfig,
     options: ExtractionOptions,
     *,
     on_chunk_done: Callable[[int], None] | None = None,
