@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,30 @@ def mobilenet_export(mobilenet_config, session_cache):
     from xrayfx.models.export import export_model
 
     return export_model(mobilenet_config, session_cache)
+
+
+def seed_cache(folder: Path, *exports) -> Path:
+    """Make ``folder`` a cache that already holds these exports; returns ``folder``.
+
+    Copies each export's ONNX file and JSON sidecar into ``folder/models/`` (copies, not links: some
+    tests damage them), so extracting with the same config there reuses the export instead of running
+    TensorFlow → ONNX again. Only the given files are copied, never the rest of the session's models folder.
+    """
+    from xrayfx.models.config import load_exported
+
+    models = Path(folder) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for exported in exports:
+        for f in (exported.path, exported.sidecar_path):
+            shutil.copyfile(f, models / f.name)
+        assert load_exported(exported.config, folder) is not None, f"the copy of {exported.path.name} is not reused"
+    return Path(folder)
+
+
+@pytest.fixture
+def seeded_cache(tmp_path, mobilenet_export) -> Path:
+    """``tmp_path / "cache"``, already holding the session's mobilenet export (no second export)."""
+    return seed_cache(tmp_path / "cache", mobilenet_export)
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

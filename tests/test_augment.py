@@ -126,11 +126,11 @@ def _source(six, mobilenet_config, mobilenet_export, cache, **kw):
 
 
 def test_source_embeds_jitters_in_the_background_and_a_rerun_builds_no_session(
-    six_images, mobilenet_config, mobilenet_export, tmp_path, monkeypatch
+    six_images, mobilenet_config, mobilenet_export, seeded_cache, tmp_path, monkeypatch
 ):
     from xrayfx.extraction.pipeline import extract
 
-    cache = tmp_path / "cache"
+    cache = seeded_cache  # the originals below are extracted with the session's export, not a second one
     with _source(six_images, mobilenet_config, mobilenet_export, cache, n=2, seed=7, epochs=2) as src:
         X0, y0 = src.epoch(0)
         assert 1 in src._futures, "asking for epoch 0 starts epoch 1 in the background"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import warnings
@@ -10,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, run_cli_inprocess, write_manifest
+from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, run_cli_inprocess, seed_cache, write_manifest
 from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import CacheError, CacheRepairWarning, IntegrityError
 from xrayfx.extraction.pipeline import extract
@@ -26,11 +25,7 @@ def twelve(tmp_path, shared_rows):
 @pytest.fixture
 def cache_dir(tmp_path, mobilenet_export):
     """A fresh cache holding the session's mobilenet export (copied: no second export)."""
-    d = tmp_path / "cache"
-    (d / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
-        shutil.copy(f, d / "models" / f.name)
-    return d
+    return seed_cache(tmp_path / "cache", mobilenet_export)
 
 
 def _extract(data, config, cache_dir, **kw):

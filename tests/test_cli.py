@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, seed_cache
 
 
 def test_help_lists_commands_with_an_example():
@@ -49,12 +49,12 @@ def test_models_table_lists_every_backbone():
         assert name in proc.stdout
 
 
-def test_phantoms_and_extract_and_cache_ls(tmp_path):
+def test_phantoms_and_extract_and_cache_ls(tmp_path, mobilenet_export):
     from conftest import MOBILENET_WEIGHTS
 
     out = tmp_path / "ph"
     assert run_cli("phantoms", "-o", str(out), "--n", "12", "--seed", "1").returncode == 0
-    cache = tmp_path / "cache"
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)  # the export is tested elsewhere; reuse the session's
     proc = run_cli("extract", "--model", "mobilenet", "--weights", str(MOBILENET_WEIGHTS), "--data",
                    str(out / "manifest.csv"), "--cache-dir", str(cache))
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, write_manifest
+from conftest import MOBILENET_WEIGHTS, ROOT, absolute_rows, seed_cache, write_manifest
 
 
 def _wait_for_first_done_chunk(cache: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -38,8 +38,7 @@ def test_signal_during_extract_exits_with_its_code_one_line_and_rerun_resumes(
     from xrayfx.extraction.cache import EmbeddingCache
 
     manifest = write_manifest(tmp_path / "many.csv", absolute_rows(shared_rows[:300]))
-    cache = tmp_path / "cache"
-    shutil.copytree(mobilenet_export.path.parent, cache / "models")  # the export is reused, not redone
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)  # the export is reused, not redone
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(_extract_args(manifest, cache), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -110,8 +109,7 @@ def test_damaged_model_sidecar_is_one_error_line(damage, tmp_path, mobilenet_exp
 
     from conftest import run_cli_inprocess
 
-    cache = tmp_path / "cache"
-    shutil.copytree(mobilenet_export.path.parent, cache / "models")
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)
     side = cache / "models" / mobilenet_export.path.with_suffix(".json").name
     text = side.read_text()
     if damage == "truncate":
@@ -153,8 +151,7 @@ def test_disk_full_during_extract_keeps_finished_rows_and_rerun_completes(tmp_pa
 
     from conftest import run_cli_inprocess
 
-    cache = tmp_path / "cache"
-    shutil.copytree(mobilenet_export.path.parent, cache / "models")
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)
     manifest = write_manifest(tmp_path / "m.csv", absolute_rows(shared_rows[:100]))
     real_put = local._put
     chunk_writes = {"n": 0}
@@ -198,8 +195,7 @@ def odd_run(tmp_path_factory, shared_rows, mobilenet_export):
             shutil.copy(CXR / r["path"], data / label)
     first = sorted((data / "covid").iterdir())[0]
     os.rename(first, os.path.join(os.fsencode(data / "covid"), ODD_NAME))
-    cache = root / "cache"
-    shutil.copytree(mobilenet_export.path.parent, cache / "models")
+    cache = seed_cache(root / "cache", mobilenet_export)
     proc = subprocess.run([sys.executable, "-m", "xrayfx", "fit-head", "--model", "mobilenet", "--weights",
                            str(MOBILENET_WEIGHTS), "--data", str(data), "--cache-dir", str(cache), "--head", "logreg",
                            "--run-id", "odd"], cwd=ROOT, capture_output=True, timeout=600)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli_inprocess, write_manifest
+from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli_inprocess, seed_cache, write_manifest
 
 
 @pytest.fixture
@@ -22,9 +21,7 @@ def bracket_data(tmp_path, shared_rows):
 
 
 def _cache_with_model(tmp_path, mobilenet_export):
-    cache = tmp_path / "cache[/]v2"
-    shutil.copytree(mobilenet_export.path.parent, cache / "models")
-    return cache
+    return seed_cache(tmp_path / "cache[/]v2", mobilenet_export)
 
 
 def test_paths_and_labels_with_brackets_print_literally(bracket_data, tmp_path, mobilenet_export, capsys):

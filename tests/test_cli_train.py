@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli, write_manifest
+from conftest import MOBILENET_WEIGHTS, absolute_rows, run_cli, run_cli_inprocess, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,12 @@ def test_help_has_an_example(cmd):
         (["--positive", "viral"], "--positive"),
     ],
 )
-def test_bad_options_exit_2_with_the_reason(extra, message, small, tmp_path):
-    proc = run_cli("fit-head", "--model", "mobilenet", "--weights", "none", "--data", str(small),
-                   "--cache-dir", str(tmp_path / "cache"), *extra)
-    assert proc.returncode == 2, proc.stderr
-    assert message in " ".join(proc.stderr.split())
+def test_bad_options_exit_2_with_the_reason(extra, message, small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # as run_cli: one wide line, not a wrapped panel
+    code, _, err = run_cli_inprocess(["fit-head", "--model", "mobilenet", "--weights", "none", "--data", str(small),
+                                      "--cache-dir", str(tmp_path / "cache"), *extra], capsys)
+    assert code == 2, err
+    assert message in " ".join(err.split())
     assert not (tmp_path / "cache" / "models").exists(), "rejected before any export"
 
 
@@ -74,7 +75,7 @@ def _csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_predict_a_folder_to_stdout_by_id_and_by_path(cli_run, session_cache, three_images, tmp_path):
+def test_predict_a_folder_to_stdout_by_id_and_by_path(cli_run, session_cache, three_images, tmp_path, capsys):
     by_id = run_cli("predict", "--run", "cli-logreg", "--cache-dir", str(session_cache), str(three_images))
     assert by_id.returncode == 0, by_id.stderr
     assert by_id.stdout.splitlines()[0] == "path,image_id,p_covid,p_normal,predicted,threshold"
@@ -85,23 +86,26 @@ def test_predict_a_folder_to_stdout_by_id_and_by_path(cli_run, session_cache, th
         assert r["predicted"] == ("covid" if float(r["p_covid"]) >= float(r["threshold"]) else "normal")
     assert "threshold" in by_id.stderr and "validation" in by_id.stderr
     out = tmp_path / "p.csv"
-    by_path = run_cli("predict", "--run", str(cli_run), str(three_images), "-o", str(out))
-    assert by_path.returncode == 0, by_path.stderr
+    # by path, in this process: the child process above already showed the real entry point's stdout
+    code, _, err = run_cli_inprocess(["predict", "--run", str(cli_run), str(three_images), "-o", str(out)], capsys)
+    assert code == 0, err
     assert out.read_text() == by_id.stdout
 
 
-def test_predict_on_an_altered_head_exits_1_naming_the_file(cli_run, tmp_path, three_images):
+def test_predict_on_an_altered_head_exits_1_naming_the_file(cli_run, tmp_path, three_images, capsys):
     copy = tmp_path / "cache" / "runs" / "altered"
     shutil.copytree(cli_run, copy)
     data = bytearray((copy / "head.skops").read_bytes())
     data[-10] ^= 0xFF
     (copy / "head.skops").write_bytes(bytes(data))
-    proc = run_cli("predict", "--run", str(copy), "--cache-dir", str(cli_run.parent.parent), str(three_images))
-    assert proc.returncode == 1
-    assert "head.skops" in proc.stderr and "sha256" in proc.stderr
-    assert proc.stdout == ""
+    code, out, err = run_cli_inprocess(["predict", "--run", str(copy), "--cache-dir", str(cli_run.parent.parent),
+                                        str(three_images)], capsys)
+    assert code == 1
+    assert "head.skops" in err and "sha256" in err
+    assert out == ""
 
 
-def test_predict_an_unknown_run_exits_2(session_cache, three_images):
-    proc = run_cli("predict", "--run", "no-such-run", "--cache-dir", str(session_cache), str(three_images))
-    assert proc.returncode == 2 and "no-such-run" in proc.stderr
+def test_predict_an_unknown_run_exits_2(session_cache, three_images, capsys):
+    code, _, err = run_cli_inprocess(["predict", "--run", "no-such-run", "--cache-dir", str(session_cache),
+                                      str(three_images)], capsys)
+    assert code == 2 and "no-such-run" in err

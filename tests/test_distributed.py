@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CXR, ROOT, absolute_rows, write_manifest
+from conftest import CXR, ROOT, absolute_rows, seed_cache, write_manifest
 from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import ClusterError, UsageError
 from xrayfx.extraction.pipeline import extract
@@ -43,9 +43,7 @@ def cache_dir(tmp_path, mobilenet_export):
     """Factory: a fresh cache folder that already holds the session's mobilenet export (no re-export)."""
 
     def make(name: str) -> Path:
-        folder = tmp_path / name
-        shutil.copytree(mobilenet_export.path.parent, folder / "models")
-        return folder
+        return seed_cache(tmp_path / name, mobilenet_export)
 
     return make
 

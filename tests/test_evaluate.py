@@ -8,6 +8,7 @@ to check the overlap finder) and Mooney children (one class).
 
 from __future__ import annotations
 
+import copy
 import csv
 import inspect
 import json
@@ -142,8 +143,17 @@ def test_report_reads_the_record_and_guesses_no_keys():
 # 2. One decision rule
 
 
-def test_report_confusion_at_the_validation_threshold_equals_predict_on_the_test_images(run, tmp_path):
+@pytest.fixture(scope="module")
+def report(run, evaluated, tmp_path_factory):
+    """The run's report (with its evaluations), built once for the tests that read it: the occlusion maps of
+    its default explain section take most of a build's time."""
     from xrayfx.report import build_report
+
+    return build_report([run.path], out=tmp_path_factory.mktemp("eval-report") / "report", ablation=False,
+                        n_resamples=200)
+
+
+def test_report_confusion_at_the_validation_threshold_equals_predict_on_the_test_images(run, report, tmp_path):
     from xrayfx.study.fit import predict
 
     test = [r for r in _read(run.path / "predictions.csv") if r["split"] == "test"]
@@ -155,7 +165,6 @@ def test_report_confusion_at_the_validation_threshold_equals_predict_on_the_test
     for row in pred.rows:
         pos, truth = row[col] == "covid", row[label_col] == "covid"
         got[("t" if pos == truth else "f") + ("p" if pos else "n")] += 1
-    report = build_report([run.path], out=tmp_path / "report", ablation=False, n_resamples=200)
     counts = report.data["runs"][0]["scores"]["youden"]["counts"]
     assert {k: counts[k] for k in got} == got
     assert report.data["runs"][0]["scores"]["youden"]["thresholds"] == {"all": run.record.decision.threshold}
@@ -292,16 +301,15 @@ def test_evaluate_refuses_an_existing_name_without_force_and_keeps_overlap_on_re
     assert code == 0, err
 
 
-def test_report_shows_the_internal_test_beside_every_evaluation(evaluated, run, tmp_path):
-    from xrayfx.report import build_report, render
+def test_report_shows_the_internal_test_beside_every_evaluation(report):
+    from xrayfx.report import render
 
-    report = build_report([run.path], out=tmp_path / "report", ablation=False, n_resamples=200)
     md = report.markdown.read_text()
     assert "Evaluations on other data" in md and "| internal test |" in md
     assert "| heldout |" in md and "| kids |" in md and "within-source AUROC" in md
 
     # 6. the first sentence about the run names the confound; wording follows the numbers
-    data = report.data
+    data = copy.deepcopy(report.data)  # edited below; the fixture is shared
     first = [s for s in data["summary"] if s.startswith("**")][0].split(". ")[0]
     assert "measures the source" in first or "measures the source and age group" in first
     assert "xrayfx evaluate" in [s for s in data["summary"] if s.startswith("**")][0]

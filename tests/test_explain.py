@@ -126,16 +126,12 @@ def test_unoccluded_p_is_the_runs_own_prediction(marker_run, session_cache):
 
 
 def test_an_int8_run_is_explained_with_its_int8_extractor(marker_run, mobilenet_export, mobilenet_config, tmp_path):
-    import shutil
-
+    from conftest import seed_cache
     from xrayfx.study.fit import fit_head
 
     # A cache of its own (with the session's export copied in): the int8 variant this registers must not
     # become a second variant of the session cache's model, which other tests expect to have only one of.
-    cache = tmp_path / "cache"
-    (cache / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
-        shutil.copy(f, cache / "models" / f.name)
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)
     _, data, rows = marker_run
     run = fit_head(data=data, config=mobilenet_config, cache_dir=cache, run_id="explain-marker-int8",
                    head="logreg", precision="int8", progress=False, log=None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import CXR, ROOT, absolute_rows, write_manifest
+from conftest import CXR, ROOT, absolute_rows, seed_cache, write_manifest
 from xrayfx.extraction.cache import EmbeddingCache
 from xrayfx.exceptions import SkippedInputsError
 from xrayfx.extraction.pipeline import extract
@@ -24,9 +23,9 @@ def forty_mixed(tmp_path, shared_rows):
     return write_manifest(tmp_path / "forty.csv", absolute_rows(rows))
 
 
-def test_forty_real_radiographs_then_second_run_runs_no_inference(forty_mixed, mobilenet_config, mobilenet_export,
-                                                                  tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
+def test_forty_real_radiographs_then_second_run_runs_no_inference(forty_mixed, mobilenet_config, seeded_cache,
+                                                                  monkeypatch):
+    cache = seeded_cache
     first = extract(data=forty_mixed, config=mobilenet_config, cache_dir=cache, progress=False, chunk_rows=8)
     assert first.embeddings.shape == (40, 256) and np.isfinite(first.embeddings).all()
     assert first.n_new == 40 and first.embeddings.std(axis=0).mean() > 1e-3
@@ -46,9 +45,9 @@ def test_forty_real_radiographs_then_second_run_runs_no_inference(forty_mixed, m
     assert second.ids == first.ids
 
 
-def test_adding_images_computes_only_those(shared_rows, mobilenet_config, mobilenet_export, tmp_path):
+def test_adding_images_computes_only_those(shared_rows, mobilenet_config, seeded_cache, tmp_path):
     rows = absolute_rows([r for r in shared_rows if r["source"] == "nih"][:12])
-    cache = tmp_path / "cache"
+    cache = seeded_cache
     a = extract(data=write_manifest(tmp_path / "a.csv", rows[:8]), config=mobilenet_config, cache_dir=cache,
                 progress=False, chunk_rows=4)
     b = extract(data=write_manifest(tmp_path / "b.csv", rows), config=mobilenet_config, cache_dir=cache,
@@ -57,28 +56,28 @@ def test_adding_images_computes_only_those(shared_rows, mobilenet_config, mobile
     np.testing.assert_array_equal(b.embeddings[:8], a.embeddings)
 
 
-def test_duplicate_files_share_one_row(tmp_path, shared_rows, mobilenet_config, mobilenet_export):
+def test_duplicate_files_share_one_row(tmp_path, shared_rows, mobilenet_config, seeded_cache):
     rows = absolute_rows([r for r in shared_rows if r["source"] == "mooney"][:3])
     rows.append({**rows[0], "label": "normal"})
     res = extract(data=write_manifest(tmp_path / "dup.csv", rows), config=mobilenet_config,
-                  cache_dir=tmp_path / "cache", progress=False)
+                  cache_dir=seeded_cache, progress=False)
     assert len(res.ids) == 4 and res.n_new == 3
     assert list(res.duplicates.values()) == [[rows[0]["path"], rows[0]["path"]]]
     np.testing.assert_array_equal(res.embeddings[0], res.embeddings[3])
 
 
 def test_summary_counts_files_and_names_byte_identical_duplicates(tmp_path, shared_rows, mobilenet_config,
-                                                                    mobilenet_export):
+                                                                    seeded_cache):
     """cohen-78 and cohen-201 are the same file bytes under two names."""
     twins = [r for r in shared_rows if r["patient_id"] in ("cohen-78", "cohen-201")]
     rows = absolute_rows(twins + [r for r in shared_rows if r["source"] == "nih"][:2])
     res = extract(data=write_manifest(tmp_path / "twins.csv", rows), config=mobilenet_config,
-                  cache_dir=tmp_path / "cache", progress=False)
+                  cache_dir=seeded_cache, progress=False)
     names = sorted(os.path.basename(r["path"]) for r in rows[:2])
     assert len(twins) == 2 and res.summary().startswith(
         f"4 files: 3 embedded (3 new, 0 from cache), 1 byte-identical duplicate ({names[0]} = {names[1]})")
     again = extract(data=write_manifest(tmp_path / "twins.csv", rows), config=mobilenet_config,
-                    cache_dir=tmp_path / "cache", progress=False)
+                    cache_dir=seeded_cache, progress=False)
     assert again.summary().startswith("4 files: 3 embedded (0 new, 3 from cache), 1 byte-identical duplicate (")
 
 
@@ -103,7 +102,7 @@ def test_sigkill_between_chunks_then_rerun_equals_clean_run(forty_mixed, mobilen
                                                             tmp_path):
     from conftest import MOBILENET_WEIGHTS
 
-    killed = tmp_path / "killed"
+    killed = seed_cache(tmp_path / "killed", mobilenet_export)
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(forty_mixed), str(killed), str(MOBILENET_WEIGHTS)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -115,8 +114,9 @@ def test_sigkill_between_chunks_then_rerun_equals_clean_run(forty_mixed, mobilen
     resumed = extract(data=forty_mixed, config=mobilenet_config, cache_dir=killed, progress=False, chunk_rows=8,
                       batch_size=8)
     assert resumed.n_new == 24 and resumed.n_cached == 16
-    clean = extract(data=forty_mixed, config=mobilenet_config, cache_dir=tmp_path / "clean", progress=False,
-                    chunk_rows=8, batch_size=8)
+    clean_cache = seed_cache(tmp_path / "clean", mobilenet_export)
+    clean = extract(data=forty_mixed, config=mobilenet_config, cache_dir=clean_cache, progress=False, chunk_rows=8,
+                    batch_size=8)
     assert resumed.ids == clean.ids
     np.testing.assert_array_equal(resumed.embeddings, clean.embeddings)
 
@@ -126,10 +126,7 @@ def test_second_concurrent_extract_fails_fast_naming_the_holder(forty_mixed, mob
     from conftest import MOBILENET_WEIGHTS
     from xrayfx.extraction.pipeline import open_cache
 
-    cache_dir = tmp_path / "cache"
-    (cache_dir / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):  # the same model, so the group matches it
-        shutil.copy(f, cache_dir / "models" / f.name)
+    cache_dir = seed_cache(tmp_path / "cache", mobilenet_export)  # the same model, so the group matches it
     cache = open_cache(mobilenet_config, mobilenet_export, cache_dir)
     with cache.locked():
         proc = subprocess.run(
@@ -156,13 +153,13 @@ def _bad_files(folder):
 
 
 def test_bad_inputs_are_skipped_listed_and_the_rest_goes_on(tmp_path, shared_rows, mobilenet_config,
-                                                            mobilenet_export):
+                                                            seeded_cache):
     data = tmp_path / "data"
     _bad_files(data / "normal")
     good_rows = [r for r in shared_rows if r["source"] == "nih"][:3]
     for r in good_rows:
         (data / "normal" / os.path.basename(r["path"])).write_bytes((CXR / r["path"]).read_bytes())
-    res = extract(data=data, config=mobilenet_config, cache_dir=tmp_path / "cache", progress=False)
+    res = extract(data=data, config=mobilenet_config, cache_dir=seeded_cache, progress=False)
     assert res.embeddings.shape == (3, 256)
     reasons = {os.path.basename(s.path): s.reason for s in res.skipped}
     assert set(reasons) == {"empty.png", "truncated.png", "notes.jpg", "lfs.png", "bomb.png"}
@@ -170,19 +167,19 @@ def test_bad_inputs_are_skipped_listed_and_the_rest_goes_on(tmp_path, shared_row
     text = res.skipped_file.read_text()
     assert res.skipped_file.name == "skipped.csv" and "bomb.png" in text and "logs/extract-" in str(res.skipped_file)
     with pytest.raises(SkippedInputsError, match="--strict"):
-        extract(data=data, config=mobilenet_config, cache_dir=tmp_path / "cache", progress=False, strict=True)
+        extract(data=data, config=mobilenet_config, cache_dir=seeded_cache, progress=False, strict=True)
 
 
-def test_missing_manifest_file_is_skipped_not_fatal(tmp_path, shared_rows, mobilenet_config, mobilenet_export):
+def test_missing_manifest_file_is_skipped_not_fatal(tmp_path, shared_rows, mobilenet_config, seeded_cache):
     rows = absolute_rows([r for r in shared_rows if r["source"] == "nih"][:2])
     rows.append({**rows[0], "path": str(tmp_path / "gone.png")})
     res = extract(data=write_manifest(tmp_path / "m.csv", rows), config=mobilenet_config,
-                  cache_dir=tmp_path / "cache", progress=False)
+                  cache_dir=seeded_cache, progress=False)
     assert len(res.ids) == 2 and res.skipped[0].reason.startswith("file not found")
 
 
-def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mobilenet_config, mobilenet_export,
-                                                                 tmp_path, monkeypatch):
+def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mobilenet_config, seeded_cache,
+                                                                 monkeypatch):
     import xrayfx.data.images as images
 
     real = images.load_image
@@ -196,9 +193,9 @@ def test_unexpected_errors_stop_the_run_and_keep_finished_chunks(forty_mixed, mo
 
     monkeypatch.setattr(images, "load_image", flaky)
     with pytest.raises(RuntimeError, match="a bug"):
-        extract(data=forty_mixed, config=mobilenet_config, cache_dir=tmp_path / "cache", progress=False,
+        extract(data=forty_mixed, config=mobilenet_config, cache_dir=seeded_cache, progress=False,
                 chunk_rows=8, workers=1)
     monkeypatch.setattr(images, "load_image", real)
-    again = extract(data=forty_mixed, config=mobilenet_config, cache_dir=tmp_path / "cache", progress=False,
+    again = extract(data=forty_mixed, config=mobilenet_config, cache_dir=seeded_cache, progress=False,
                     chunk_rows=8)
     assert again.n_cached >= 16 and again.n_new + again.n_cached == 40

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import absolute_rows, write_manifest
+from conftest import absolute_rows, seed_cache, write_manifest
 from xrayfx.exceptions import IntegrityError, UsageError
 
 
@@ -19,10 +18,7 @@ def two_calibrations(shared_rows, mobilenet_config, mobilenet_export, tmp_path_f
     from xrayfx.models.quantize import calibration_images, quantize_int8, registered_int8
 
     root = tmp_path_factory.mktemp("int8-two")
-    cache = root / "cache"
-    (cache / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
-        shutil.copy(f, cache / "models" / f.name)
+    cache = seed_cache(root / "cache", mobilenet_export)
     exported = load_exported(mobilenet_config, cache)
     rows = absolute_rows([r for r in shared_rows if r["source"] == "cohen"][:3]
                          + [r for r in shared_rows if r["source"] == "mooney"][:3])

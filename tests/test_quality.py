@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CXR, MOBILENET_WEIGHTS, run_cli_inprocess
+from conftest import CXR, MOBILENET_WEIGHTS, run_cli_inprocess, seed_cache
 from xrayfx.exceptions import ImageDecodeError, ImageQualityWarning, UsageError
 from xrayfx.data.images import load_image
 
@@ -87,10 +87,7 @@ def test_extract_skips_degenerate_images_lists_them_and_warns_once_about_twelve_
 ):
     from xrayfx.extraction.pipeline import extract
 
-    cache = tmp_path / "cache"
-    (cache / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
-        shutil.copy(f, cache / "models" / f.name)
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)
     normal = tmp_path / "data" / "normal"
     _degenerate_files(normal)
     shutil.copy(CXR / [r for r in shared_rows if r["source"] == "nih"][0]["path"], normal / "real.png")

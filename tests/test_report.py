@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import absolute_rows, run_cli, write_manifest
+from conftest import absolute_rows, run_cli, run_cli_inprocess, write_manifest
 from xrayfx.exceptions import IntegrityError, UsageError
 from xrayfx.report import audit
 from xrayfx.report.build import RunData, paper_comparison, score_run
@@ -441,10 +441,10 @@ def test_cli_report_help_has_an_example():
     assert proc.returncode == 0 and "Example:" in proc.stdout and "--no-ablation" in proc.stdout
 
 
-def test_cli_report_unknown_run_exits_2_naming_it(tmp_path):
-    proc = run_cli("report", "no-such-run", "--cache-dir", str(tmp_path))
-    assert proc.returncode == 2
-    assert "no-such-run" in proc.stderr and "Fix:" in proc.stderr
+def test_cli_report_unknown_run_exits_2_naming_it(tmp_path, capsys):
+    code, _, err = run_cli_inprocess(["report", "no-such-run", "--cache-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert "no-such-run" in err and "Fix:" in err
 
 
 def test_a_skewed_but_not_pure_source_is_named():

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from conftest import CXR, MOBILENET_WEIGHTS, ROOT, absolute_rows, write_manifest
+from conftest import CXR, MOBILENET_WEIGHTS, ROOT, absolute_rows, seed_cache, write_manifest
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX special files")
 
@@ -88,10 +88,7 @@ def test_folder_input_lists_special_files_dangling_links_and_symlinked_folders(t
 
 
 def test_extract_cli_skips_dev_zero_and_a_fifo_and_lists_them(tmp_path, shared_rows, mobilenet_export):
-    cache = tmp_path / "cache"
-    (cache / "models").mkdir(parents=True)
-    for f in (mobilenet_export.path, mobilenet_export.sidecar_path):
-        shutil.copy(f, cache / "models" / f.name)
+    cache = seed_cache(tmp_path / "cache", mobilenet_export)
     os.mkfifo(tmp_path / "fifo.png")
     good = absolute_rows([r for r in shared_rows if r["source"] == "nih"][:2])
     rows = good + [{**good[0], "path": "/dev/zero"}, {**good[0], "path": str(tmp_path / "fifo.png")}]
