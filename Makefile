@@ -17,10 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xrayfx demo --out demo-output $(ARGS)
 
-# Tests run in parallel worker processes (one per core, at most 4; TEST_WORKERS=0 runs them in one process).
+# Tests run in parallel worker processes (one per core, at most 4; TEST_WORKERS=0 runs them in one process);
+# each test file stays in one worker, so its module fixtures are built once.
 # `make test` leaves out the three largest paper-backbone exports (marker `slow`); `make test-slow` runs them.
 TEST_WORKERS ?= auto
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile)
 
 test: $(STAMP)
 	$(BIN)/python -m mypy

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import MOBILENET_WEIGHTS, run_cli_inprocess as run
+from conftest import MOBILENET_WEIGHTS, run_cli_inprocess as run
 from xrayfx.bench import (
     PAPER_MODELS,
     RECORD_FIELDS,

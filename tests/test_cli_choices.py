@@ -6,7 +6,7 @@ from typing import get_args
 
 import pytest
 
-from tests.conftest import run_cli_inprocess as run
+from conftest import run_cli_inprocess as run
 from xrayfx.study.balance import BALANCE_METHODS
 from xrayfx.cli import COMMAND_MODULES, options
 from xrayfx.inference.extractor import DEVICES

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import CXR_MANIFEST, ROOT, run_cli_inprocess as run
+from conftest import CXR_MANIFEST, ROOT, run_cli_inprocess as run
 
 COMMANDS = ("cohen", "kermany", "nih", "paper", "sources")
 

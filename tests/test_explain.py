@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli_inprocess
+from conftest import run_cli_inprocess
 from xrayfx.exceptions import UsageError
 from xrayfx.study import explain as X
 

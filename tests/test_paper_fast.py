@@ -114,7 +114,7 @@ def test_an_unknown_trainer_is_a_usage_error(data):
 
 
 def test_fit_head_trainer_flag_belongs_to_the_paper_head(cxr_subset, capsys, tmp_path):
-    from tests.conftest import run_cli_inprocess
+    from conftest import run_cli_inprocess
 
     manifest = cxr_subset(4)
     code, out, err = run_cli_inprocess(

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import CXR, absolute_rows, write_manifest
+from conftest import CXR, absolute_rows, write_manifest
 from xrayfx.exceptions import IntegrityError, RuntimeSetupError, UsageError
 from xrayfx.inference.runtimes import (
     PRECISIONS,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import COHEN_METADATA, CXR, CXR_MANIFEST
+from conftest import COHEN_METADATA, CXR, CXR_MANIFEST
 from xrayfx.exceptions import DataError, UsageError
 from xrayfx.data.sources import (
     MANIFEST_COLUMNS,
