@@ -188,10 +188,10 @@ def _child_peak(n: int, work: Path) -> None:
     """In a fresh process: one local:2 run over n images; print the client's memory peaks as JSON."""
     import tracemalloc
 
-    import xrayfx.extraction.distributed as xd
+    import xrayfx.extraction.pipeline as xp  # extract calls the name it imported into the pipeline module
 
     manifest = _manifest(_rows(n), work / f"peak-{n}.csv")
-    real = xd.extract_missing_distributed
+    real = xp.extract_missing_distributed
     phase: dict[str, float] = {}
 
     def traced(*args, **kwargs):
@@ -202,7 +202,7 @@ def _child_peak(n: int, work: Path) -> None:
             phase["heap_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
 
-    xd.extract_missing_distributed = traced
+    xp.extract_missing_distributed = traced
     seconds, k, inputs = _time_extract(manifest, _fresh_cache(work, f"peak{n}"), "local:2")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     print(json.dumps({"images": k, "inputs": inputs, "seconds": seconds, "rss_peak_mb": rss_mb, **phase}))
