@@ -283,19 +283,16 @@ class _ExtractorPluginBody:
     def __init__(self, exported: ExportedModel, options: ExtractionOptions, intra_op_threads: int,
                  prep: Preprocessing):
         self.exported = exported
-        self.model_path = os.path.abspath(options.model_path) if options.model_path is not None else None
-        self.runtime = options.runtime
-        self.precision = options.precision
-        self.device = options.device
-        self.keep_degenerate = options.keep_degenerate  # degenerate images are skipped unless kept
+        self.options = options  # model_path absolute, so every worker finds the same variant
         self.intra_op_threads = intra_op_threads
         self.prep = prep
         self.extractor: Any = None
 
     def setup(self, worker: Any) -> None:
         """Create the session (verifying the ONNX file's sha256)."""
-        extractor = make_extractor(self.exported, self.runtime, self.precision, self.device, self.intra_op_threads,
-                                   model_path=self.model_path)
+        o = self.options
+        extractor = make_extractor(self.exported, o.runtime, o.precision, o.device, self.intra_op_threads,
+                                   model_path=o.model_path)
         expected = self.exported.sidecar["onnx_sha256"]
         # The session verified its file against its own sidecar; the fp32 export must also be the client's.
         same_file = Path(getattr(extractor, "path", "")) == self.exported.path
@@ -375,7 +372,7 @@ def embed_batch(
         for path, image_id in records:
             out.n_images += 1
             try:
-                pixels.append(images.load_image(path, plugin.prep, plugin.keep_degenerate))
+                pixels.append(images.load_image(path, plugin.prep, plugin.options.keep_degenerate))
                 ids.append(image_id)
             except ImageDecodeError as exc:
                 out.skips.append(Skip(path, exc.reason, image_id))
@@ -449,6 +446,7 @@ def extract_missing_distributed(
     group_path = os.path.abspath(cache.path)
     exported = replace(exported, path=Path(os.path.abspath(exported.path)))
     model_file = os.path.abspath(options.model_path) if options.model_path is not None else None
+    options = replace(options, model_path=model_file)
     readable = [os.path.abspath(r.path) for r in (todo[0], todo[-1]) if os.access(r.path, os.R_OK)]
 
     with dask_client(spec, timeout=connect_timeout) as client:
