@@ -72,3 +72,13 @@ def test_a_typo_exits_2_with_the_choices(args, bad, first, capsys, tmp_path):
     err = " ".join(err.split())
     assert code == 2 and f"{bad} is not one of {first}" in err
     assert not (tmp_path / "cache").exists(), "rejected before any work"
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "0")])
+def test_an_out_of_range_extraction_option_exits_2_before_any_work(flag, value, capsys, tmp_path, monkeypatch):
+    """Checked before the data is read or weights resolved (ImageNet weights would otherwise be fetched first)."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-empty"))
+    code, _, err = run(["extract", "--model", "mobilenet", "--data", str(tmp_path / "missing.csv"), flag, value,
+                        "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and f"{flag} must be at least 1, got 0" in " ".join(err.split())
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "keras-empty").exists()

@@ -176,16 +176,16 @@ def extract_cmd(
     from xrayfx.extraction.options import ExtractionOptions
     from xrayfx.extraction.pipeline import extract
 
+    options = ExtractionOptions(  # a bad value exits 2 here, before the data is read or weights are resolved
+        runtime=runtime, precision=precision, device=device, batch_size=batch_size, workers=workers,
+        keep_degenerate=keep_degenerate, scheduler=scheduler, calibration=calibration,
+    )
     dataset = load_dataset(data)
     config = model_config(model, weights, seed, preprocess, resize, bit_depth, cache_dir=cache_dir)
     _warn_random(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheRepairWarning)  # both printed below from result.warnings
         warnings.simplefilter("ignore", ImageQualityWarning)
-        options = ExtractionOptions(
-            runtime=runtime, precision=precision, device=device, batch_size=batch_size, workers=workers,
-            keep_degenerate=keep_degenerate, scheduler=scheduler, calibration=calibration,
-        )
         result = extract(data=dataset, config=config, cache_dir=cache_dir, options=options, strict=strict)
     for message in result.warnings:
         err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
